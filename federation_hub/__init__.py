@@ -1,0 +1,1 @@
+"""Hub: round orchestration, policy enforcement, unmasking, audit and CLI."""

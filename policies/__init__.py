@@ -1,0 +1,1 @@
+"""Privacy-policy language, accountant and budget ledger."""

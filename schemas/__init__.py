@@ -1,0 +1,1 @@
+"""Shared table-schema language, validator and feature encoder."""

@@ -1,0 +1,1 @@
+"""Pairwise-masking secure aggregation: primitives and per-party state machines."""

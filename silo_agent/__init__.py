@@ -1,0 +1,1 @@
+"""Hospital agent: validation, DP-SGD training, masking, local ledger and CLI."""
