@@ -1,0 +1,1 @@
+"""Probe app: one query message per SuperNode and round, replies checked."""
