@@ -1,0 +1,125 @@
+"""`federation-hub`: the hub operator's command line."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from federation_hub.simulation import apply_private_environment
+
+# Flower reads these when it is imported, so they are set before any import of it.
+apply_private_environment()
+
+from federation_hub import report  # noqa: E402
+from federation_hub.demo import HEART_DISEASE_DATA_DIR, DemoSetupError, create_demo_federation  # noqa: E402
+from federation_hub.init_command import init  # noqa: E402
+from federation_hub.study import RoundOutcome, StudyResult  # noqa: E402
+
+console = Console()
+app = typer.Typer(
+    help="Hub of a healthfed federation: set up, run and audit DP studies.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command("init")(init)
+
+_optional_commands: list[tuple[str, str, str]] = [
+    ("federation_hub.policy_commands", "plan", "plan"),
+    ("federation_hub.policy_commands", "budget", "budget"),
+    ("federation_hub.policy_commands", "verify_ledger", "verify-ledger"),
+    ("schemas.commands", "check_schema", "check-schema"),
+    ("schemas.commands", "export_json_schema", "export-json-schema"),
+]
+for module_name, function_name, command_name in _optional_commands:
+    module = __import__(module_name, fromlist=[function_name])
+    app.command(command_name)(getattr(module, function_name))
+
+
+def _progress(event: str, payload: Any) -> None:
+    if event == "connected":
+        console.print(f"[bold]Hospitals connected and verified:[/] {', '.join(payload)}")
+    elif event == "round_started":
+        outcome: RoundOutcome = payload
+        line = f"[bold]Round {outcome.round}[/]: instructing {', '.join(outcome.selected)}"
+        if outcome.skipped:
+            line += "; skipped " + ", ".join(f"{h} ({r})" for h, r in outcome.skipped.items())
+        console.print(line)
+    elif event == "round_completed":
+        outcome = payload
+        for hospital, reason in outcome.rejected.items():
+            console.print(f"  [yellow]{hospital} rejected the instruction:[/] {reason}")
+        for hospital, reason in outcome.flagged.items():
+            console.print(f"  [red]{hospital} excluded, receipt flagged:[/] {reason}")
+        if outcome.dropped:
+            console.print(f"  [yellow]no answer from:[/] {', '.join(outcome.dropped)}")
+        accuracy = "n/a" if math.isnan(outcome.mean_accuracy) else f"{outcome.mean_accuracy:.3f}"
+        auc = "n/a" if math.isnan(outcome.mean_roc_auc) else f"{outcome.mean_roc_auc:.3f}"
+        console.print(
+            f"  trained: {', '.join(outcome.trained) or 'none'}; mean test accuracy "
+            f"{accuracy}, mean ROC AUC {auc}"
+        )
+
+
+def _show_result(result: StudyResult, federation_dir: Path) -> None:
+    if result.rounds:
+        console.print(report.round_table(result.rounds[-1]))
+    console.print(report.budget_table(result))
+    console.print(f"Study stopped: {result.stop_reason}")
+    console.print(
+        "Aggregation: updates were aggregated in the clear (FedAvg); the hub saw each "
+        "hospital's clipped update."
+        if result.aggregation == "fedavg"
+        else f"Aggregation: {result.aggregation}"
+    )
+    console.print(f"Report (JSON): {federation_dir / 'hub' / 'state' / 'reports' / report.REPORT_FILE}")
+
+
+@app.command()
+def run(
+    federation_dir: Annotated[
+        Path, typer.Argument(help="Federation folder holding federation.yaml.")
+    ],
+) -> None:
+    """Run the folder's study on Flower's simulation engine, one node per hospital."""
+    from federation_hub.simulation import run_simulation_study
+
+    result = run_simulation_study(federation_dir, _progress)
+    _show_result(result, federation_dir)
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Folder for the demo federation's files.")
+    ] = Path(".demo"),
+    data_dir: Annotated[
+        Path, typer.Option(help="Folder with the four processed.*.data files.")
+    ] = HEART_DISEASE_DATA_DIR,
+    fresh: Annotated[
+        bool, typer.Option(help="Replace a demo folder created earlier, ledgers included.")
+    ] = True,
+    setup_only: Annotated[
+        bool, typer.Option(help="Create the federation folder and stop.")
+    ] = False,
+) -> None:
+    """Run the four-hospital heart-disease federation with DP-SGD."""
+    try:
+        folder = create_demo_federation(directory, data_dir=data_dir, fresh=fresh)
+    except DemoSetupError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    console.print(f"Federation folder: {folder}")
+    if setup_only:
+        return
+    run(folder)
+
+
+def main() -> None:
+    """Entry point of the `federation-hub` command."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()

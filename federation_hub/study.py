@@ -1,0 +1,549 @@
+"""The hub's study loop: identify hospitals, select, instruct, aggregate, evaluate.
+
+``StudyRunner`` drives one study over a Flower ``Grid``. Every decision that
+matters to a privacy officer is written to the hub's ledger before it takes
+effect: the instruction of each round before any message leaves, the spend of
+each hospital that trained (or did not answer, which counts as spent), each
+rejection, and the round's result. A restarted hub resumes the study from its
+ledger and the global model saved with each round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from federation_hub.aggregation import FedAvg
+from federation_hub.config import HubConfig
+from policies import wire
+from policies.accounting import compute_epsilon
+from policies.architecture import initial_parameters
+from policies.enforcement import RoundInstruction, StudyStopped, select_hospitals
+from policies.identity import load_private_key
+from policies.ledger import Ledger
+from policies.models import DPParameters, StudyPolicy, load_study_policy
+from policies.receipts import (
+    Receipt,
+    ReceiptMismatchError,
+    ReceiptSignatureError,
+    check_receipt,
+)
+from policies.roster import Roster, identify_message, load_roster
+from schemas import load_schema
+from schemas.encoding import FeatureEncoder
+
+logger = logging.getLogger(__name__)
+
+Parameters = dict[str, np.ndarray]
+
+
+@dataclass
+class RoundOutcome:
+    """What happened in one round, as shown to the operator and stored in the ledger."""
+
+    round: int
+    selected: list[str]
+    skipped: dict[str, str]
+    trained: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    flagged: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    mean_accuracy: float = math.nan
+    mean_roc_auc: float = math.nan
+
+
+@dataclass
+class StudyResult:
+    """The study's end state: rounds run, why it stopped, each hospital's budget."""
+
+    study_id: str
+    rounds: list[RoundOutcome]
+    stop_reason: str
+    budget: list[dict[str, Any]]
+    aggregation: str
+
+
+ProgressCallback = Callable[[str, Any], None]
+
+
+def _parameters_hash(parameters: Parameters) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(parameters):
+        digest.update(name.encode("utf-8"))
+        digest.update(np.ascontiguousarray(parameters[name], dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+class StudyRunner:
+    """Run one study of the federation over a Flower grid."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        config: HubConfig,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.grid = grid
+        self.config = config
+        self.policy: StudyPolicy = load_study_policy(config.study_policy)
+        self.schema = load_schema(config.schema_file)
+        self.roster: Roster = load_roster(config.roster)
+        self.num_features = len(FeatureEncoder(self.schema).feature_names)
+        self._identity = load_private_key(config.identity_key)
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        config.models_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger.open(config.ledger_path, "hub", self._identity)
+        self.dp: DPParameters = self.policy.dp_parameters()
+        self.aggregator = FedAvg(self.policy.training.server_learning_rate)
+        self._progress = progress or (lambda event, payload: None)
+        self.nodes: dict[str, int] = {}
+        unknown = [h for h in self.policy.hospitals if h not in self.roster.hospitals]
+        if unknown:
+            raise ValueError(
+                f"study {self.policy.study_id} names hospitals {unknown} that are not "
+                "enrolled in the roster; enroll them or remove them from the policy"
+            )
+
+    # Identification -----------------------------------------------------------
+
+    def connect(self) -> dict[str, int]:
+        """Wait for the hospitals' nodes and map each enrolled hospital to its node.
+
+        Each node must sign a fresh challenge with its enrolled identity key; a
+        node that fails is ignored and logged.
+        """
+        wanted = len(self.policy.hospitals)
+        deadline = time.monotonic() + self.config.node_timeout_s
+        node_ids: list[int] = []
+        while time.monotonic() < deadline:
+            node_ids = list(self.grid.get_node_ids())
+            if len(node_ids) >= wanted:
+                break
+            time.sleep(0.2)
+        logger.info("%d of %d hospital nodes connected", len(node_ids), wanted)
+
+        challenges = {node: secrets.token_bytes(32) for node in node_ids}
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        wire.CHALLENGE: ConfigRecord(
+                            {"study_id": self.policy.study_id, "challenge": challenge}
+                        )
+                    }
+                ),
+                dst_node_id=node,
+                message_type=wire.IDENTIFY,
+            )
+            for node, challenge in challenges.items()
+        ]
+        for reply in self._exchange(messages):
+            node = reply.metadata.src_node_id
+            if not reply.has_content():
+                logger.warning("node %s failed identification: %s", node, reply.error)
+                continue
+            result = reply.content.config_records[wire.RESULT]
+            hospital_id = str(result["hospital_id"])
+            if hospital_id not in self.policy.hospitals:
+                logger.warning("node %s claims %r, not a study hospital", node, hospital_id)
+                continue
+            try:
+                key = self.roster.hospital_key(hospital_id)
+                key.verify(
+                    bytes(result["signature"]),
+                    identify_message(
+                        self.policy.study_id, hospital_id, node, challenges[node]
+                    ),
+                )
+            except InvalidSignature:
+                logger.warning(
+                    "node %s claims %r with an invalid signature; ignored", node, hospital_id
+                )
+                continue
+            if result["schema_hash"] != self.schema.content_hash:
+                logger.warning(
+                    "hospital %s pins schema %s, the study uses %s; it cannot join",
+                    hospital_id,
+                    result["schema_hash"],
+                    self.schema.content_hash,
+                )
+                continue
+            if hospital_id in self.nodes:
+                logger.warning("hospital %s answered from two nodes; keeping the first", hospital_id)
+                continue
+            self.nodes[hospital_id] = node
+        self._progress("connected", dict(self.nodes))
+        return self.nodes
+
+    # Ledger replay ------------------------------------------------------------
+
+    def histories(self) -> dict[str, list[DPParameters]]:
+        """Return each hospital's spends on this study, replayed from the hub's ledger.
+
+        A round that was instructed but never completed (the hub stopped in
+        between) counts as spent by every hospital it instructed.
+        """
+        study = self.policy.study_id
+        histories = {
+            h: self.ledger.history(study, hospital_id=h) for h in self.policy.hospitals
+        }
+        instructed: dict[int, dict[str, Any]] = {}
+        completed: set[int] = set()
+        settled: set[tuple[int, str]] = set()
+        for entry in self.ledger.entries():
+            payload = entry.payload
+            if payload.get("study_id") != study:
+                continue
+            if entry.kind == "round_instructed":
+                instructed[int(payload["round"])] = dict(payload)
+            elif entry.kind == "round_completed":
+                completed.add(int(payload["round"]))
+            elif entry.kind in ("spend", "rejection"):
+                settled.add((int(payload["round"]), str(payload["hospital_id"])))
+        for round_number, payload in instructed.items():
+            if round_number in completed:
+                continue
+            dp = DPParameters(**payload["dp"])
+            for hospital_id in payload["hospitals"]:
+                if (round_number, hospital_id) not in settled:
+                    histories.setdefault(hospital_id, []).append(dp)
+        return histories
+
+    def _resume_point(self) -> tuple[int, Parameters]:
+        """Return the next round number and the global model to start it from."""
+        last: dict[str, Any] | None = None
+        for entry in self.ledger.entries():
+            if entry.kind == "round_completed" and entry.payload.get("study_id") == self.policy.study_id:
+                last = dict(entry.payload)
+        if last is None:
+            training = self.policy.training
+            parameters = initial_parameters(
+                training.model, self.num_features, training.hidden_units, training.seed
+            )
+            return 1, parameters
+        path = self.config.models_dir / f"round-{last['round']:04d}.npz"
+        with np.load(path, allow_pickle=False) as stored:
+            parameters = {name: stored[name] for name in stored.files}
+        if _parameters_hash(parameters) != last["model_sha256"]:
+            raise RuntimeError(
+                f"global model {path} does not match the hash in the hub ledger; "
+                "restore the file from backup or start a new study id"
+            )
+        logger.info("resuming study %s after round %d", self.policy.study_id, last["round"])
+        return int(last["round"]) + 1, parameters
+
+    # Rounds -------------------------------------------------------------------
+
+    def run(self) -> StudyResult:
+        """Run the study to its planned number of rounds or until it must stop."""
+        if not self.nodes:
+            self.connect()
+        start, parameters = self._resume_point()
+        if start == 1:
+            self.ledger.append(
+                "study_started",
+                {
+                    "study_id": self.policy.study_id,
+                    "schema_hash": self.schema.content_hash,
+                    "roster_fingerprint": self.roster.fingerprint,
+                    "dp": self.dp.model_dump(),
+                    "accountant": self.policy.accountant,
+                    "delta": self.policy.delta,
+                    "aggregation": self.aggregator.name,
+                },
+            )
+        outcomes: list[RoundOutcome] = []
+        stop_reason = f"completed the {self.policy.rounds} planned rounds"
+        for round_number in range(start, self.policy.rounds + 1):
+            try:
+                outcome, parameters = self.run_round(round_number, parameters)
+            except StudyStopped as stop:
+                stop_reason = stop.reason
+                logger.warning("study %s stopped: %s", self.policy.study_id, stop.reason)
+                break
+            outcomes.append(outcome)
+        self.ledger.append(
+            "study_stopped", {"study_id": self.policy.study_id, "reason": stop_reason}
+        )
+        return StudyResult(
+            study_id=self.policy.study_id,
+            rounds=outcomes,
+            stop_reason=stop_reason,
+            budget=self.budget_table(),
+            aggregation=self.aggregator.name,
+        )
+
+    def run_round(
+        self, round_number: int, parameters: Parameters
+    ) -> tuple[RoundOutcome, Parameters]:
+        """Run one round; return its outcome and the new global model."""
+        histories = self.histories()
+        selection = select_hospitals(self.policy, histories, list(self.nodes))
+        outcome = RoundOutcome(
+            round=round_number,
+            selected=list(selection.selected),
+            skipped=dict(selection.skipped),
+        )
+        for hospital_id in self.policy.hospitals:
+            if hospital_id not in self.nodes and hospital_id not in outcome.skipped:
+                outcome.skipped[hospital_id] = "not connected"
+        self._progress("round_started", outcome)
+
+        instructions = {
+            hospital_id: RoundInstruction(
+                study_id=self.policy.study_id,
+                round=round_number,
+                nonce=secrets.token_hex(16),
+                schema_hash=self.schema.content_hash,
+                accountant=self.policy.accountant,
+                delta=self.policy.delta,
+                dp=self.dp,
+                secure_aggregation=False,
+            )
+            for hospital_id in selection.selected
+        }
+        self.ledger.append(
+            "round_instructed",
+            {
+                "study_id": self.policy.study_id,
+                "round": round_number,
+                "hospitals": list(instructions),
+                "nonces": {h: i.nonce for h, i in instructions.items()},
+                "dp": self.dp.model_dump(),
+                "skipped": outcome.skipped,
+            },
+        )
+        replies = self._send_train(instructions, parameters)
+
+        updates: dict[str, tuple[Parameters, float]] = {}
+        for hospital_id, instruction in instructions.items():
+            reply = replies.get(hospital_id)
+            if reply is None or not reply.has_content():
+                error = None if reply is None else reply.error
+                outcome.dropped.append(hospital_id)
+                logger.warning("round %d: %s did not answer (%s)", round_number, hospital_id, error)
+                self._record_spend(hospital_id, instruction, histories, confirmed=False)
+                continue
+            result = reply.content.config_records[wire.RESULT]
+            if result["status"] == "rejected":
+                outcome.rejected[hospital_id] = str(result["reason"])
+                logger.warning("round %d: %s rejected: %s", round_number, hospital_id, result["reason"])
+                self.ledger.append(
+                    "rejection",
+                    {
+                        "study_id": self.policy.study_id,
+                        "round": round_number,
+                        "hospital_id": hospital_id,
+                        "reason": str(result["reason"]),
+                    },
+                )
+                continue
+            epsilon = self._record_spend(hospital_id, instruction, histories, confirmed=True)
+            problem = self._check_receipt(hospital_id, instruction, result, epsilon)
+            if problem:
+                outcome.flagged[hospital_id] = problem
+                logger.error("round %d: receipt of %s flagged: %s", round_number, hospital_id, problem)
+                continue
+            delta = {
+                name: np.asarray(array.numpy(), dtype=np.float32)
+                for name, array in reply.content.array_records[wire.UPDATE].items()
+            }
+            updates[hospital_id] = (delta, float(result["num_examples"]))
+            outcome.trained.append(hospital_id)
+
+        if updates:
+            parameters = self.aggregator.apply(parameters, list(updates.values()))
+        outcome.metrics = self._evaluate(parameters)
+        self._summarise_metrics(outcome)
+        self._save_round(round_number, parameters, outcome)
+        self._progress("round_completed", outcome)
+        return outcome, parameters
+
+    def _send_train(
+        self, instructions: dict[str, RoundInstruction], parameters: Parameters
+    ) -> dict[str, Message]:
+        model_record = ArrayRecord({k: np.ascontiguousarray(v) for k, v in parameters.items()})
+        training_record = ConfigRecord(wire.encode_training(self.policy.training))
+        messages = []
+        for hospital_id, instruction in instructions.items():
+            content = RecordDict(
+                {
+                    wire.INSTRUCTION: ConfigRecord(dict(instruction.to_config())),
+                    wire.TRAINING: training_record,
+                    wire.GLOBAL_MODEL: model_record,
+                }
+            )
+            messages.append(
+                Message(
+                    content,
+                    dst_node_id=self.nodes[hospital_id],
+                    message_type=wire.TRAIN,
+                    group_id=str(instruction.round),
+                )
+            )
+        by_node = {node: hospital for hospital, node in self.nodes.items()}
+        return {
+            by_node[reply.metadata.src_node_id]: reply
+            for reply in self._exchange(messages)
+            if reply.metadata.src_node_id in by_node
+        }
+
+    def _record_spend(
+        self,
+        hospital_id: str,
+        instruction: RoundInstruction,
+        histories: dict[str, list[DPParameters]],
+        *,
+        confirmed: bool,
+    ) -> float:
+        history = [*histories.get(hospital_id, []), instruction.dp]
+        epsilon = compute_epsilon(history, self.policy.delta, self.policy.accountant)
+        self.ledger.record_spend(
+            self.policy.study_id,
+            instruction.round,
+            instruction.nonce,
+            instruction.dp,
+            self.policy.accountant,
+            self.policy.delta,
+            epsilon,
+            hospital_id=hospital_id,
+        )
+        if not confirmed:
+            self.ledger.append(
+                "unconfirmed_spend",
+                {
+                    "study_id": self.policy.study_id,
+                    "round": instruction.round,
+                    "hospital_id": hospital_id,
+                    "reason": "no answer; counted as spent because the agent may "
+                    "have trained before it failed",
+                },
+            )
+        return epsilon
+
+    def _check_receipt(
+        self,
+        hospital_id: str,
+        instruction: RoundInstruction,
+        result: ConfigRecord,
+        epsilon: float,
+    ) -> str:
+        """Return why a hospital's receipt is unacceptable, or an empty string."""
+        try:
+            receipt = Receipt.model_validate_json(bytes(result["receipt"]))
+            check_receipt(
+                receipt,
+                self.roster.hospital_key(hospital_id),
+                study_id=instruction.study_id,
+                round=instruction.round,
+                nonce=instruction.nonce,
+                hospital_id=hospital_id,
+                dp=instruction.dp,
+                accountant=instruction.accountant,
+                delta=instruction.delta,
+                expected_epsilon=epsilon,
+            )
+        except (ReceiptSignatureError, ReceiptMismatchError) as error:
+            return str(error)
+        except (KeyError, ValueError) as error:
+            return f"receipt missing or malformed: {error}"
+        self.ledger.append(
+            "receipt",
+            {
+                "study_id": instruction.study_id,
+                "round": instruction.round,
+                "hospital_id": hospital_id,
+                "receipt": receipt.to_config(),
+            },
+        )
+        return ""
+
+    def _evaluate(self, parameters: Parameters) -> dict[str, dict[str, float]]:
+        model_record = ArrayRecord({k: np.ascontiguousarray(v) for k, v in parameters.items()})
+        training_record = ConfigRecord(wire.encode_training(self.policy.training))
+        messages = [
+            Message(
+                RecordDict({wire.TRAINING: training_record, wire.GLOBAL_MODEL: model_record}),
+                dst_node_id=node,
+                message_type=wire.EVALUATE,
+            )
+            for node in self.nodes.values()
+        ]
+        by_node = {node: hospital for hospital, node in self.nodes.items()}
+        metrics: dict[str, dict[str, float]] = {}
+        for reply in self._exchange(messages):
+            hospital_id = by_node.get(reply.metadata.src_node_id)
+            if hospital_id is None or not reply.has_content():
+                continue
+            record = reply.content.metric_records[wire.METRICS]
+            metrics[hospital_id] = {name: float(value) for name, value in record.items()}
+        return dict(sorted(metrics.items()))
+
+    @staticmethod
+    def _summarise_metrics(outcome: RoundOutcome) -> None:
+        accuracies = [m["accuracy"] for m in outcome.metrics.values()]
+        aucs = [m["roc_auc"] for m in outcome.metrics.values() if not math.isnan(m["roc_auc"])]
+        outcome.mean_accuracy = float(np.mean(accuracies)) if accuracies else math.nan
+        outcome.mean_roc_auc = float(np.mean(aucs)) if aucs else math.nan
+
+    def _save_round(self, round_number: int, parameters: Parameters, outcome: RoundOutcome) -> None:
+        path = self.config.models_dir / f"round-{round_number:04d}.npz"
+        temporary = path.with_suffix(".tmp.npz")
+        np.savez(temporary, **parameters)
+        temporary.replace(path)
+        self.ledger.append(
+            "round_completed",
+            {
+                "study_id": self.policy.study_id,
+                "round": round_number,
+                "trained": outcome.trained,
+                "rejected": outcome.rejected,
+                "dropped": outcome.dropped,
+                "flagged": outcome.flagged,
+                "model_sha256": _parameters_hash(parameters),
+                "mean_accuracy": None if math.isnan(outcome.mean_accuracy) else outcome.mean_accuracy,
+                "mean_roc_auc": None if math.isnan(outcome.mean_roc_auc) else outcome.mean_roc_auc,
+            },
+        )
+
+    def budget_table(self) -> list[dict[str, Any]]:
+        """Return each hospital's spent epsilon, budget, delta, rounds joined and steps."""
+        histories = self.histories()
+        rows = []
+        for hospital_id in self.policy.hospitals:
+            history = histories.get(hospital_id, [])
+            epsilon = (
+                compute_epsilon(history, self.policy.delta, self.policy.accountant)
+                if history
+                else 0.0
+            )
+            rows.append(
+                {
+                    "hospital_id": hospital_id,
+                    "epsilon": epsilon,
+                    "budget": self.policy.epsilon_budget_for(hospital_id),
+                    "delta": self.policy.delta,
+                    "accountant": self.policy.accountant,
+                    "rounds_joined": len(history),
+                    "steps": sum(dp.steps for dp in history),
+                }
+            )
+        return rows
+
+    def _exchange(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        if not messages:
+            return []
+        return list(self.grid.send_and_receive(messages, timeout=self.config.round_timeout_s))

@@ -1,0 +1,46 @@
+"""Names and flat encodings of what the hub and the agents exchange.
+
+Flower carries configuration as flat records of scalars, bytes and lists. A round
+instruction travels through ``RoundInstruction.to_config`` and ``from_config``;
+the study's training settings through the functions here. Decoding validates
+every value again (fail closed), because the agent does not trust the hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from policies.models import PolicyError, TrainingConfig
+
+# Message types: Flower's "train", "evaluate" and "query" families.
+IDENTIFY = "query.identify"
+TRAIN = "train"
+EVALUATE = "evaluate"
+SECAGG_SETUP_KEYS = "query.secagg_advertise"
+SECAGG_SETUP_SHARES = "query.secagg_share"
+SECAGG_UNMASK = "query.secagg_unmask"
+
+# Record names inside a message's RecordDict.
+INSTRUCTION = "instruction"
+TRAINING = "training"
+GLOBAL_MODEL = "global_model"
+UPDATE = "update"
+RESULT = "result"
+METRICS = "metrics"
+CHALLENGE = "challenge"
+SECAGG = "secagg"
+
+def encode_training(training: TrainingConfig) -> dict[str, Any]:
+    """Flatten the study's training settings into scalars."""
+    return dict(training.model_dump())
+
+
+def decode_training(flat: Mapping[str, Any]) -> TrainingConfig:
+    """Rebuild and validate the study's training settings."""
+    try:
+        return TrainingConfig(**dict(flat))
+    except (ValidationError, TypeError) as error:
+        raise PolicyError(f"invalid training settings: {error}") from None

@@ -1,0 +1,149 @@
+"""Flower ClientApp of the hospital agent.
+
+The ClientApp translates Flower messages into calls on the hospital's
+``SiloAgent`` and back. It finds the agent's configuration in one of two ways:
+
+- on a deployment, the SuperNode is started with
+  ``--node-config 'agent-config="/path/to/agent.yaml"'``;
+- on Flower's simulation engine, virtual node ``partition-id`` i serves the i-th
+  hospital (sorted by identifier) of the roster in the federation folder, whose
+  agent configuration is ``hospitals/<hospital_id>/agent.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from policies import wire
+from policies.enforcement import InstructionRejected, RoundInstruction
+from policies.models import PolicyError
+from policies.roster import load_roster
+from silo_agent.agent import SiloAgent
+from silo_agent.config import load_agent_config
+
+logger = logging.getLogger(__name__)
+
+FEDERATION_DIR_ENV = "HEALTHFED_FEDERATION_DIR"
+
+_agents: dict[Path, SiloAgent] = {}
+_agents_lock = threading.Lock()
+
+
+def agent_config_path(context: Context) -> Path:
+    """Return the agent configuration file this node serves."""
+    configured = context.node_config.get("agent-config")
+    if configured:
+        return Path(str(configured))
+
+    federation_dir = str(context.run_config.get("federation-dir", "")) or os.environ.get(
+        FEDERATION_DIR_ENV, ""
+    )
+    if not federation_dir or "partition-id" not in context.node_config:
+        raise RuntimeError(
+            "no agent configuration: start the SuperNode with --node-config "
+            "'agent-config=\"/path/to/agent.yaml\"', or run the simulation with the "
+            "run config federation-dir set"
+        )
+    roster = load_roster(Path(federation_dir) / "roster.yaml")
+    hospitals = sorted(roster.hospitals)
+    partition = int(context.node_config["partition-id"])
+    if not 0 <= partition < len(hospitals):
+        raise RuntimeError(
+            f"simulation node partition-id {partition} has no hospital: the roster "
+            f"lists {len(hospitals)}; run the simulation with that many nodes"
+        )
+    return Path(federation_dir) / "hospitals" / hospitals[partition] / "agent.yaml"
+
+
+def get_agent(context: Context) -> SiloAgent:
+    """Return the agent of this node, loading the hospital's records on first use."""
+    path = agent_config_path(context).resolve()
+    with _agents_lock:
+        agent = _agents.get(path)
+        if agent is None:
+            agent = SiloAgent(load_agent_config(path))
+            _agents[path] = agent
+        return agent
+
+
+def parameters_from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Return the named float32 arrays of an ArrayRecord."""
+    return {
+        name: np.asarray(array.numpy(), dtype=np.float32) for name, array in record.items()
+    }
+
+
+def record_from_parameters(parameters: dict[str, np.ndarray]) -> ArrayRecord:
+    """Return an ArrayRecord keeping the parameter names."""
+    return ArrayRecord({name: np.ascontiguousarray(v) for name, v in parameters.items()})
+
+
+app = ClientApp()
+
+
+@app.query("identify")
+def identify(message: Message, context: Context) -> Message:
+    """Prove the hospital's enrolled identity by signing the hub's challenge."""
+    agent = get_agent(context)
+    challenge = message.content.config_records[wire.CHALLENGE]
+    signature = agent.identify(
+        str(challenge["study_id"]), bytes(challenge["challenge"]), context.node_id
+    )
+    reply = ConfigRecord(
+        {
+            "hospital_id": agent.hospital_id,
+            "schema_hash": agent.schema.content_hash,
+            "signature": signature,
+        }
+    )
+    return Message(RecordDict({wire.RESULT: reply}), reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """Run one round of local DP-SGD, or reply with the reason for rejecting it."""
+    agent = get_agent(context)
+    content = message.content
+    try:
+        instruction = RoundInstruction.from_config(dict(content.config_records[wire.INSTRUCTION]))
+        training = wire.decode_training(dict(content.config_records[wire.TRAINING]))
+        global_parameters = parameters_from_record(content.array_records[wire.GLOBAL_MODEL])
+        reply = agent.train(instruction, training, global_parameters)
+    except (InstructionRejected, PolicyError) as error:
+        reason = error.reason if isinstance(error, InstructionRejected) else str(error)
+        logger.warning("%s rejected the round instruction: %s", agent.hospital_id, reason)
+        result = ConfigRecord({"status": "rejected", "reason": reason})
+        return Message(RecordDict({wire.RESULT: result}), reply_to=message)
+
+    result: dict[str, Any] = {
+        "status": "trained",
+        "num_examples": reply.num_examples,
+        "receipt": reply.receipt.model_dump_json().encode("utf-8"),
+        "clipped": reply.clipped,
+    }
+    records = RecordDict(
+        {
+            wire.RESULT: ConfigRecord(result),
+            wire.UPDATE: record_from_parameters(reply.delta),
+        }
+    )
+    return Message(records, reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Evaluate the global model on the hospital's fixed test split."""
+    agent = get_agent(context)
+    content = message.content
+    training = wire.decode_training(dict(content.config_records[wire.TRAINING]))
+    parameters = parameters_from_record(content.array_records[wire.GLOBAL_MODEL])
+    metrics = agent.evaluate(training, parameters)
+    return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=message)

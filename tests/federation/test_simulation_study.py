@@ -1,0 +1,109 @@
+"""End-to-end studies on Flower's simulation engine with the real records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from federation_hub.config import load_hub_config
+from federation_hub.report import REPORT_FILE
+from federation_hub.simulation import run_simulation_study
+from policies.identity import load_private_key
+from policies.ledger import Ledger
+from policies.models import load_study_policy
+from tests.federation.conftest import edit_yaml
+
+HOSPITALS = ["cleveland", "hungarian", "switzerland", "va"]
+
+
+def _two_rounds(document: dict[str, Any]) -> None:
+    document["rounds"] = 2
+    document["dp"].pop("target_epsilon", None)
+    document["dp"]["noise_multiplier"] = 2.0
+    document["secure_aggregation"] = False
+
+
+def _relax_hospitals(folder: Path) -> None:
+    for hospital in HOSPITALS:
+        def relax(policy: dict[str, Any]) -> None:
+            policy["require_secure_aggregation"] = False
+        edit_yaml(folder / "hospitals" / hospital / "policy.yaml", relax)
+
+
+def _hospital_ledger(folder: Path, hospital: str) -> Ledger:
+    key = load_private_key(folder / "hospitals" / hospital / "identity.key")
+    return Ledger.open(folder / "hospitals" / hospital / "state" / "ledger.sqlite", hospital, key)
+
+
+def test_study_two_rounds_real_records(demo_federation: Path) -> None:
+    edit_yaml(demo_federation / "study.yaml", _two_rounds)
+    _relax_hospitals(demo_federation)
+
+    result = run_simulation_study(demo_federation)
+
+    assert len(result.rounds) == 2
+    for outcome in result.rounds:
+        assert sorted(outcome.trained) == HOSPITALS
+        assert sorted(outcome.metrics) == HOSPITALS
+        assert 0.0 <= outcome.mean_accuracy <= 1.0
+    report = json.loads(
+        (load_hub_config(demo_federation).reports_dir / REPORT_FILE).read_text()
+    )
+    assert [row["hospital_id"] for row in report["budget"]] == HOSPITALS
+    assert all(row["rounds_joined"] == 2 for row in report["budget"])
+
+
+def test_epsilon_matches_opacus_accountant(demo_federation: Path) -> None:
+    edit_yaml(demo_federation / "study.yaml", _two_rounds)
+    _relax_hospitals(demo_federation)
+    policy = load_study_policy(demo_federation / "study.yaml")
+    dp = policy.dp_parameters()
+
+    result = run_simulation_study(demo_federation)
+
+    # Opacus's own accountant, fed the same history of both rounds.
+    accountant = RDPAccountant()
+    accountant.history = [(dp.noise_multiplier, dp.sample_rate, dp.steps)] * 2
+    expected = accountant.get_epsilon(delta=policy.delta)
+    for row in result.budget:
+        assert row["epsilon"] == pytest.approx(expected, rel=1e-12)
+    for hospital in HOSPITALS:
+        ledger = _hospital_ledger(demo_federation, hospital)
+        spends = ledger.spends(policy.study_id)
+        assert len(spends) == 2
+        assert spends[-1].payload["epsilon_after"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_budget_exceeded_hospital_skipped(demo_federation: Path) -> None:
+    # Find the epsilon of one round, then give va a budget between one and two rounds.
+    edit_yaml(demo_federation / "study.yaml", _two_rounds)
+    policy = load_study_policy(demo_federation / "study.yaml")
+    dp = policy.dp_parameters()
+    accountant = RDPAccountant()
+    accountant.history = [(dp.noise_multiplier, dp.sample_rate, dp.steps)]
+    one_round = accountant.get_epsilon(delta=policy.delta)
+    accountant.history = [(dp.noise_multiplier, dp.sample_rate, dp.steps)] * 2
+    two_rounds = accountant.get_epsilon(delta=policy.delta)
+    budget = (one_round + two_rounds) / 2
+
+    def va_budget(document: dict[str, Any]) -> None:
+        document["epsilon_budget"]["overrides"] = {"va": budget}
+
+    edit_yaml(demo_federation / "study.yaml", va_budget)
+    _relax_hospitals(demo_federation)
+
+    result = run_simulation_study(demo_federation)
+
+    assert "va" in result.rounds[0].trained
+    assert "va" not in result.rounds[1].trained
+    assert "va" in result.rounds[1].skipped
+    assert "budget" in result.rounds[1].skipped["va"]
+    ledger = _hospital_ledger(demo_federation, "va")
+    assert len(ledger.spends(policy.study_id)) == 1
+    va_row = next(row for row in result.budget if row["hospital_id"] == "va")
+    assert va_row["rounds_joined"] == 1
+    assert va_row["epsilon"] <= budget
