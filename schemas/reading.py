@@ -1,0 +1,451 @@
+"""Read CSV and Parquet files in chunks, with their line numbers and raw lines.
+
+CSV files are sniffed for encoding, delimiter and header, then parsed by pandas'
+C engine in chunks, so a file larger than memory is never loaded whole. The raw
+text of a quarantined row is read back from the file's bytes by line number, so
+the quarantine file holds the row exactly as written.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from charset_normalizer import from_bytes
+
+from schemas.errors import EmptyCohortError, UnreadableFileError
+from schemas.model import (
+    BooleanColumn,
+    CategoricalColumn,
+    DateColumn,
+    IdentifierColumn,
+    Schema,
+)
+
+logger = logging.getLogger(__name__)
+
+SNIFF_BYTES = 64 * 1024
+DEFAULT_CHUNK_ROWS = 500_000
+_DELIMITERS = ",;\t|"
+_BLOCK_BYTES = 16 * 1024 * 1024
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How to parse a CSV file; ``None`` means detect from the file."""
+
+    delimiter: str | None = None
+    encoding: str | None = None
+    header: bool | None = None
+    chunk_rows: int = DEFAULT_CHUNK_ROWS
+
+
+@dataclass
+class Chunk:
+    """Parsed rows of one chunk: schema columns as read, and their line numbers."""
+
+    frame: pd.DataFrame
+    lines: np.ndarray
+
+
+@dataclass
+class TableSource:
+    """An opened input file: its layout and an iterator over its chunks."""
+
+    path: Path
+    kind: str
+    encoding: str | None
+    delimiter: str | None
+    header: bool
+    file_columns: tuple[str, ...]
+    extra_columns: tuple[str, ...] = ()
+    _temporary: Path | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Delete the UTF-8 copy made for a UTF-16 or UTF-32 file, if any."""
+        if self._temporary is not None:
+            self._temporary.unlink(missing_ok=True)
+            self._temporary = None
+
+    @property
+    def text_path(self) -> Path:
+        """File that pandas parses: the input, or its UTF-8 copy."""
+        return self._temporary or self.path
+
+
+def detect_encoding(path: Path, sample: bytes) -> str:
+    """Return the encoding of a text file from its byte-order mark or content."""
+    for bom, name in _BOMS:
+        if sample.startswith(bom):
+            return name
+    try:
+        sample.decode("utf-8")
+        return "utf-8"
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut at the end of the sample is still UTF-8.
+        if exc.start >= len(sample) - 3 and len(sample) == SNIFF_BYTES:
+            return "utf-8"
+    best = from_bytes(sample).best()
+    if best is None:
+        raise UnreadableFileError(
+            path,
+            "the text encoding could not be detected",
+            "convert the file to UTF-8 or pass the encoding explicitly",
+        )
+    return str(best.encoding)
+
+
+def detect_delimiter(sample_text: str) -> str:
+    """Return the field delimiter of a CSV sample; a comma if none is clear."""
+    lines = sample_text.splitlines()[:50]
+    if len(lines) > 1 and len(sample_text) >= SNIFF_BYTES:
+        lines = lines[:-1]
+    try:
+        dialect = csv.Sniffer().sniff("\n".join(lines), delimiters=_DELIMITERS)
+    except csv.Error:
+        return ","
+    return dialect.delimiter
+
+
+def open_csv(path: Path, schema: Schema, options: CsvOptions) -> TableSource:
+    """Sniff a CSV file's layout and map its columns to the schema."""
+    try:
+        with path.open("rb") as handle:
+            sample = handle.read(SNIFF_BYTES)
+    except OSError as exc:
+        raise UnreadableFileError(
+            path, f"cannot be opened ({exc.strerror})", "check the path and rights"
+        ) from exc
+    if not sample.strip():
+        raise EmptyCohortError(
+            path, "the file is empty", "export the cohort again with its rows"
+        )
+    encoding = options.encoding or detect_encoding(path, sample)
+    try:
+        codecs.lookup(encoding)
+    except LookupError as exc:
+        raise UnreadableFileError(
+            path, f"unknown encoding {encoding!r}", "pass a Python codec name"
+        ) from exc
+    temporary = None
+    if _needs_transcoding(encoding):
+        temporary = _transcode_to_utf8(path, encoding)
+        encoding = "utf-8"
+        with temporary.open("rb") as handle:
+            sample = handle.read(SNIFF_BYTES)
+    try:
+        sample_text = sample.decode(encoding, errors="ignore")
+    except LookupError as exc:  # pragma: no cover - checked above
+        raise UnreadableFileError(path, str(exc), "pass a valid encoding") from exc
+    sample_text = sample_text.lstrip("\ufeff")
+    delimiter = options.delimiter or detect_delimiter(sample_text)
+    first_fields = _first_row(sample_text, delimiter)
+    header = options.header
+    if header is None:
+        header = bool(set(first_fields) & set(schema.column_names))
+    if header:
+        file_columns = tuple(first_fields)
+        duplicated = sorted(
+            {name for name in file_columns if file_columns.count(name) > 1}
+            & set(schema.column_names)
+        )
+        if duplicated:
+            raise UnreadableFileError(
+                path,
+                f"the header names columns {duplicated} more than once",
+                "rename or remove the repeated columns",
+            )
+    else:
+        file_columns = schema.column_names
+        if len(first_fields) != len(file_columns):
+            raise UnreadableFileError(
+                path,
+                f"the file has no header and {len(first_fields)} fields per row, "
+                f"but the schema declares {len(file_columns)} columns in order",
+                "add a header row naming the columns, or pass the right delimiter",
+            )
+    extra = tuple(name for name in file_columns if name not in schema.column_names)
+    source = TableSource(
+        path=path,
+        kind="csv",
+        encoding=encoding,
+        delimiter=delimiter,
+        header=header,
+        file_columns=file_columns,
+        extra_columns=extra,
+        _temporary=temporary,
+    )
+    logger.info(
+        "Reading %s as CSV (encoding %s, delimiter %r, header %s)",
+        path,
+        encoding,
+        delimiter,
+        header,
+    )
+    return source
+
+
+def _first_row(sample_text: str, delimiter: str) -> list[str]:
+    reader = csv.reader(sample_text.splitlines()[:1], delimiter=delimiter)
+    row = next(reader, [])
+    return [cell.strip() for cell in row]
+
+
+def _needs_transcoding(encoding: str) -> bool:
+    """Return whether a newline byte may be part of another character."""
+    name = codecs.lookup(encoding).name
+    return name.startswith(("utf-16", "utf-32"))
+
+
+def _transcode_to_utf8(path: Path, encoding: str) -> Path:
+    descriptor, name = tempfile.mkstemp(suffix=".csv", prefix="healthfed-utf8-")
+    try:
+        with (
+            path.open("r", encoding=encoding, newline="") as source,
+            os.fdopen(descriptor, "w", encoding="utf-8", newline="") as target,
+        ):
+            while block := source.read(_BLOCK_BYTES):
+                target.write(block)
+    except (UnicodeDecodeError, UnicodeError) as exc:
+        Path(name).unlink(missing_ok=True)
+        raise UnreadableFileError(
+            path,
+            f"cannot be decoded as {encoding}",
+            "pass the file's real encoding with --encoding",
+        ) from exc
+    return Path(name)
+
+
+def string_columns(schema: Schema) -> dict[str, type[str]]:
+    """Return the columns that pandas must read as text instead of inferring."""
+    text_columns: dict[str, type[str]] = {}
+    for column in schema.columns:
+        if isinstance(column, IdentifierColumn | DateColumn):
+            text_columns[column.name] = str
+        elif isinstance(column, CategoricalColumn) and not column.numeric_codes():
+            text_columns[column.name] = str
+        elif isinstance(column, BooleanColumn):
+            text_columns[column.name] = str
+    return text_columns
+
+
+def text_missing_markers(schema: Schema) -> dict[str, list[str]]:
+    """Return the text markers of missing values per column, for pandas' parser."""
+    shared = [str(marker) for marker in schema.missing_values]
+    markers: dict[str, list[str]] = {}
+    for column in schema.columns:
+        own = [m for m in column.missing_values if isinstance(m, str)]
+        markers[column.name] = shared + own
+    return markers
+
+
+def iter_csv_chunks(
+    source: TableSource, schema: Schema, chunk_rows: int
+) -> Iterator[Chunk]:
+    """Yield the file's rows in chunks with their 1-based line numbers.
+
+    Raises:
+        UnreadableFileError: the file cannot be decoded or tokenized, for example
+            a row with more fields than the header.
+
+    """
+    present = [name for name in schema.column_names if name in source.file_columns]
+    text_columns = {
+        name: kind for name, kind in string_columns(schema).items() if name in present
+    }
+    markers = {
+        name: tokens
+        for name, tokens in text_missing_markers(schema).items()
+        if name in present
+    }
+    first_line = 2 if source.header else 1
+    try:
+        reader = pd.read_csv(
+            source.text_path,
+            sep=source.delimiter,
+            encoding=source.encoding,
+            header=0 if source.header else None,
+            names=None if source.header else list(source.file_columns),
+            usecols=present,
+            dtype=text_columns,
+            na_values=markers,
+            keep_default_na=False,
+            skip_blank_lines=False,
+            skipinitialspace=True,
+            chunksize=chunk_rows,
+            engine="c",
+        )
+        with reader:
+            for frame in reader:
+                if source.header:
+                    frame.columns = [str(name).strip() for name in frame.columns]
+                lines = frame.index.to_numpy(dtype=np.int64) + first_line
+                yield Chunk(frame=frame, lines=lines)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise UnreadableFileError(
+            source.path,
+            f"cannot be parsed as CSV ({_first_line_of(exc)})",
+            "check the delimiter, quoting and encoding; every row needs the same "
+            "number of fields as the header",
+        ) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise EmptyCohortError(
+            source.path, "the file has no rows", "export the cohort with its rows"
+        ) from exc
+
+
+def _first_line_of(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def open_parquet(path: Path, schema: Schema) -> TableSource:
+    """Open a Parquet file and map its columns to the schema."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except (OSError, ValueError) as exc:
+        raise UnreadableFileError(
+            path, f"cannot be read as Parquet ({exc})", "export the file again"
+        ) from exc
+    file_columns = tuple(parquet.schema_arrow.names)
+    extra = tuple(name for name in file_columns if name not in schema.column_names)
+    return TableSource(
+        path=path,
+        kind="parquet",
+        encoding=None,
+        delimiter=None,
+        header=True,
+        file_columns=file_columns,
+        extra_columns=extra,
+    )
+
+
+def iter_parquet_chunks(
+    source: TableSource, schema: Schema, chunk_rows: int
+) -> Iterator[Chunk]:
+    """Yield a Parquet file's rows in batches; a row's number counts from 1.
+
+    Text cells that match a missing marker become missing, and timestamps are
+    formatted with the column's declared format, so later checks treat Parquet
+    and CSV alike.
+    """
+    import pyarrow.parquet as pq
+
+    present = [name for name in schema.column_names if name in source.file_columns]
+    markers = text_missing_markers(schema)
+    offset = 1
+    parquet = pq.ParquetFile(source.path)
+    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=present):
+        frame = batch.to_pandas()
+        for name in present:
+            frame[name] = _normalize_parquet_column(
+                frame[name], schema, name, markers[name]
+            )
+        lines = np.arange(offset, offset + len(frame), dtype=np.int64)
+        frame.index = pd.RangeIndex(offset - 1, offset - 1 + len(frame))
+        offset += len(frame)
+        yield Chunk(frame=frame, lines=lines)
+
+
+def _normalize_parquet_column(
+    values: pd.Series, schema: Schema, name: str, markers: list[str]
+) -> pd.Series:
+    column = schema.column(name)
+    if pd.api.types.is_datetime64_any_dtype(values) and isinstance(column, DateColumn):
+        return values.dt.strftime(column.format)
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        if name in string_columns(schema):
+            text = values.astype("string").str.replace(r"\.0$", "", regex=True)
+            return text.astype(object).where(values.notna(), None)
+        return values
+    text = values.astype("string")
+    return text.where(~text.isin(markers), None)
+
+
+class LineReader:
+    """Read raw lines of a text file by line number, moving forward only.
+
+    Line numbers must be requested in increasing order across calls. Memory use is
+    one block of the file, whatever its size.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._handle = path.open("rb")
+        self._line = 1
+        self._pending = b""
+        self.total_lines = 0
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()
+
+    def __enter__(self) -> LineReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def read(self, line_numbers: np.ndarray) -> list[bytes]:
+        """Return the raw bytes of each requested line, without its line ending."""
+        wanted = np.asarray(line_numbers, dtype=np.int64)
+        found: list[bytes] = []
+        position = 0
+        while position < len(wanted):
+            if not self._pending:
+                self._pending = self._handle.read(_BLOCK_BYTES)
+                if not self._pending:
+                    break
+            block = np.frombuffer(self._pending, dtype=np.uint8)
+            ends = np.flatnonzero(block == 0x0A)
+            complete = len(ends)
+            if complete == 0:
+                more = self._handle.read(_BLOCK_BYTES)
+                if not more:
+                    ends = np.array([len(block)], dtype=np.int64)
+                    complete = 1
+                else:
+                    self._pending += more
+                    continue
+            starts = np.concatenate(([0], ends[:-1] + 1))
+            block_lines = self._line + np.arange(complete)
+            last = block_lines[-1]
+            stop = np.searchsorted(wanted, last, side="right")
+            selected = wanted[position:stop]
+            for index in (selected - self._line).tolist():
+                found.append(self._pending[starts[index] : ends[index]].rstrip(b"\r\n"))
+            position = stop
+            consumed = int(ends[-1]) + 1
+            self._pending = self._pending[consumed:]
+            self._line += complete
+        return found
+
+    def count_remaining(self) -> int:
+        """Return the number of the last line in the file, reading to its end."""
+        while True:
+            block = self._pending or self._handle.read(_BLOCK_BYTES)
+            self._pending = b""
+            if not block:
+                break
+            self._line += int(np.count_nonzero(np.frombuffer(block, np.uint8) == 10))
+            self._trailing = not block.endswith(b"\n")
+        last = self._line - 1
+        if getattr(self, "_trailing", False):
+            last += 1
+        return last

@@ -1,0 +1,623 @@
+"""Validate a hospital's file against a shared schema, chunk by chunk.
+
+Every input row lands exactly once: in ``ValidationResult.accepted`` or in the
+quarantine file, which keeps the row exactly as written with its line number and
+every reason. The input file is never modified. All checks are vectorized over
+columns; no code loops over the rows of a chunk.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from schemas.checks import ColumnCheck, check_absent_column, check_column
+from schemas.errors import (
+    EmptyCohortError,
+    LabelMappingError,
+    MissingColumnError,
+    SchemaInputError,
+    UnreadableFileError,
+)
+from schemas.model import Schema
+from schemas.reading import (
+    Chunk,
+    CsvOptions,
+    LineReader,
+    TableSource,
+    iter_csv_chunks,
+    iter_parquet_chunks,
+    open_csv,
+    open_parquet,
+)
+
+__all__ = [
+    "ColumnCounts",
+    "CsvOptions",
+    "EmptyCohortError",
+    "LabelMappingError",
+    "MissingColumnError",
+    "SchemaInputError",
+    "UnreadableFileError",
+    "ValidationReport",
+    "ValidationResult",
+    "validate_file",
+]
+
+logger = logging.getLogger(__name__)
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+QUARANTINE_FIELDS = ("line", "reasons", "row")
+
+
+@dataclass
+class ColumnCounts:
+    """Problem counts of one column over every row of the file."""
+
+    missing: int = 0
+    imputed: int = 0
+    out_of_range: int = 0
+    invalid_code: int = 0
+    wrong_type: int = 0
+    warnings: int = 0
+
+    @property
+    def problems(self) -> int:
+        """Cells that quarantine a row or raise a warning, excluding imputed ones."""
+        return self.out_of_range + self.invalid_code + self.wrong_type + self.warnings
+
+    def add(self, check: ColumnCheck, imputable: bool) -> None:
+        """Add the counts of one chunk's check."""
+        missing = int(check.missing.sum())
+        self.missing += missing
+        self.imputed += missing if imputable else 0
+        self.out_of_range += int(check.out_of_range.sum())
+        self.invalid_code += int(check.invalid_code.sum())
+        self.wrong_type += int(check.wrong_type.sum())
+        self.warnings += int(check.implausible.sum())
+
+
+@dataclass
+class ValidationReport:
+    """JSON-serialisable summary of one validation run."""
+
+    file: str
+    file_format: str
+    schema_name: str
+    schema_version: str
+    schema_hash: str
+    encoding: str | None
+    delimiter: str | None
+    header: bool
+    total_rows: int = 0
+    accepted_rows: int = 0
+    quarantined_rows: int = 0
+    duplicate_rows: int = 0
+    empty_rows: int = 0
+    rejected_missing_rows: int = 0
+    extra_columns: list[str] = field(default_factory=list)
+    absent_optional_columns: list[str] = field(default_factory=list)
+    quarantine_file: str | None = None
+    columns: dict[str, ColumnCounts] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as plain dictionaries, lists and numbers."""
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Return the report as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+
+@dataclass
+class ValidationResult:
+    """Accepted rows and the report of one validation run.
+
+    ``accepted`` holds typed values with missing values as NaN (NaT for dates,
+    None for text), indexed by the row's 1-based line number in the file. Its
+    columns are the schema's columns in schema order. It is empty when the run
+    was asked not to keep accepted rows.
+    """
+
+    accepted: pd.DataFrame
+    report: ValidationReport
+    quarantine_path: Path | None
+
+    @property
+    def total_rows(self) -> int:
+        """Data rows read from the file (header excluded)."""
+        return self.report.total_rows
+
+    @property
+    def accepted_rows(self) -> int:
+        """Rows that passed every check."""
+        return self.report.accepted_rows
+
+    @property
+    def quarantined_rows(self) -> int:
+        """Rows written to the quarantine file (or that would have been)."""
+        return self.report.quarantined_rows
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every row passed, 1 when rows were quarantined."""
+        return 0 if self.quarantined_rows == 0 else 1
+
+
+def validate_file(
+    path: str | Path,
+    schema: Schema,
+    quarantine_path: str | Path | None = None,
+    *,
+    options: CsvOptions | None = None,
+    keep_accepted: bool = True,
+) -> ValidationResult:
+    """Validate a CSV or Parquet file against ``schema``.
+
+    Args:
+        path: input file; ``.parquet`` and ``.pq`` are read as Parquet, anything
+            else as CSV (encoding, delimiter and header detected unless given in
+            ``options``).
+        schema: the shared schema.
+        quarantine_path: where to write rejected rows as CSV with the columns
+            ``line``, ``reasons`` and ``row``. The file is written only when the
+            run completes, and only if a row was quarantined. ``None`` writes none.
+        options: CSV parsing options and the number of rows per chunk.
+        keep_accepted: keep accepted rows in memory. Turn off to validate a file
+            larger than memory, where only the report and quarantine are needed.
+
+    Raises:
+        SchemaInputError: the file is unusable (unreadable, a required column
+            absent, no data rows, or a label value outside the mapping). No
+            quarantine file is written then.
+
+    """
+    path = Path(path)
+    options = options or CsvOptions()
+    if options.chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {options.chunk_rows}")
+    source = _open_source(path, schema, options)
+    try:
+        return _run(source, schema, options, quarantine_path, keep_accepted)
+    finally:
+        source.close()
+
+
+def _open_source(path: Path, schema: Schema, options: CsvOptions) -> TableSource:
+    if not path.is_file():
+        raise UnreadableFileError(
+            path, "file not found", "check the path to the exported records"
+        )
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        source = open_parquet(path, schema)
+    else:
+        source = open_csv(path, schema, options)
+    absent = [
+        column.name
+        for column in schema.columns
+        if column.required and column.name not in source.file_columns
+    ]
+    if absent:
+        source.close()
+        hint = (
+            "add the column to the export, or fix its name in the header"
+            if source.header
+            else "the file has no header, so its columns must follow schema order"
+        )
+        raise MissingColumnError(
+            path,
+            f"required column(s) {absent} not found; the file has "
+            f"{list(source.file_columns)}",
+            hint,
+            column=absent[0],
+        )
+    return source
+
+
+def _chunks(source: TableSource, schema: Schema, options: CsvOptions) -> Any:
+    if source.kind == "parquet":
+        return iter_parquet_chunks(source, schema, options.chunk_rows)
+    return iter_csv_chunks(source, schema, options.chunk_rows)
+
+
+class _QuarantineWriter:
+    """Write quarantined rows to a temporary file, renamed into place on commit."""
+
+    def __init__(self, target: Path | None) -> None:
+        self.target = target
+        self.rows = 0
+        self._temporary: Path | None = None
+        self._handle: Any = None
+        self._writer: Any = None
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            descriptor, name = tempfile.mkstemp(
+                dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
+            )
+            self._temporary = Path(name)
+            self._handle = os.fdopen(descriptor, "w", encoding="utf-8", newline="")
+            self._writer = csv.writer(self._handle)
+            self._writer.writerow(QUARANTINE_FIELDS)
+
+    def write(self, lines: np.ndarray, reasons: list[str], rows: list[str]) -> None:
+        self.rows += len(lines)
+        if self._writer is not None:
+            self._writer.writerows(zip(lines.tolist(), reasons, rows, strict=True))
+
+    def commit(self) -> Path | None:
+        if self._handle is None or self.target is None or self._temporary is None:
+            return None
+        self._handle.close()
+        self._handle = None
+        if self.rows == 0:
+            self._temporary.unlink(missing_ok=True)
+            return None
+        os.replace(self._temporary, self.target)
+        return self.target
+
+    def discard(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        if self._temporary is not None:
+            self._temporary.unlink(missing_ok=True)
+
+
+def _run(
+    source: TableSource,
+    schema: Schema,
+    options: CsvOptions,
+    quarantine_path: str | Path | None,
+    keep_accepted: bool,
+) -> ValidationResult:
+    report = ValidationReport(
+        file=str(source.path),
+        file_format=source.kind,
+        schema_name=schema.name,
+        schema_version=schema.version,
+        schema_hash=schema.content_hash,
+        encoding=source.encoding,
+        delimiter=source.delimiter,
+        header=source.header,
+        extra_columns=list(source.extra_columns),
+        absent_optional_columns=[
+            name for name in schema.column_names if name not in source.file_columns
+        ],
+        columns={name: ColumnCounts() for name in schema.column_names},
+    )
+    duplicates = _DuplicateTracker(schema, source, options)
+    writer = _QuarantineWriter(Path(quarantine_path) if quarantine_path else None)
+    line_reader = LineReader(source.text_path) if source.kind == "csv" else None
+    accepted_parts: list[pd.DataFrame] = []
+    try:
+        for chunk in _chunks(source, schema, options):
+            accepted = _validate_chunk(
+                chunk, schema, source, report, duplicates, writer, line_reader
+            )
+            if keep_accepted and not accepted.empty:
+                accepted_parts.append(accepted)
+        if report.total_rows == 0:
+            raise EmptyCohortError(
+                source.path,
+                "the file has a header but no data rows",
+                "export the cohort again with its rows",
+            )
+        if line_reader is not None:
+            _check_line_count(source, report.total_rows, line_reader)
+        quarantine_file = writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+    finally:
+        if line_reader is not None:
+            line_reader.close()
+    report.quarantine_file = str(quarantine_file) if quarantine_file else None
+    accepted_frame = _concat_accepted(accepted_parts, schema)
+    logger.info(
+        "Validated %s: %d rows, %d accepted, %d quarantined",
+        source.path,
+        report.total_rows,
+        report.accepted_rows,
+        report.quarantined_rows,
+    )
+    return ValidationResult(
+        accepted=accepted_frame, report=report, quarantine_path=quarantine_file
+    )
+
+
+def _concat_accepted(parts: list[pd.DataFrame], schema: Schema) -> pd.DataFrame:
+    if not parts:
+        empty = pd.DataFrame(columns=list(schema.column_names))
+        empty.index.name = "line"
+        return empty
+    frame = pd.concat(parts) if len(parts) > 1 else parts[0]
+    frame.index.name = "line"
+    return frame
+
+
+def _check_line_count(source: TableSource, rows: int, reader: LineReader) -> None:
+    lines = reader.count_remaining()
+    expected = rows + (1 if source.header else 0)
+    if lines != expected:
+        raise UnreadableFileError(
+            source.path,
+            f"the file has {lines} lines but {expected} records, so a quoted field "
+            "spans several lines and line numbers would be wrong",
+            "remove line breaks inside quoted fields before validating",
+        )
+
+
+def _validate_chunk(
+    chunk: Chunk,
+    schema: Schema,
+    source: TableSource,
+    report: ValidationReport,
+    duplicates: _DuplicateTracker,
+    writer: _QuarantineWriter,
+    line_reader: LineReader | None,
+) -> pd.DataFrame:
+    frame = chunk.frame
+    rows = len(frame)
+    checks: dict[str, ColumnCheck] = {}
+    for column in schema.columns:
+        if column.name in frame.columns:
+            checks[column.name] = check_column(frame[column.name], column, schema)
+        else:
+            checks[column.name] = check_absent_column(rows, frame.index)
+        report.columns[column.name].add(
+            checks[column.name], column.missing.action == "impute"
+        )
+    _require_mapped_labels(source, schema, checks, chunk.lines)
+
+    empty = np.logical_and.reduce([check.missing for check in checks.values()])
+    reasons = _ReasonBuilder(rows)
+    for column in schema.columns:
+        check = checks[column.name]
+        name = column.name
+        reasons.add(check.wrong_type, f"{name}: wrong type for '{column.type}'")
+        reasons.add(check.invalid_code, f"{name}: code not in the declared codes")
+        reasons.add(check.out_of_range, f"{name}: outside the hard range")
+        if column.missing.action == "reject":
+            reasons.add(check.missing, f"{name}: missing (rejected by the schema)")
+    typed = pd.DataFrame(
+        {name: check.values for name, check in checks.items()}, index=frame.index
+    )
+    duplicate_mask, duplicate_reasons = duplicates.check(
+        typed, checks, chunk.lines, ~empty
+    )
+    reasons.add_each(duplicate_mask, duplicate_reasons)
+    reasons.replace(empty, "empty row: every field is missing")
+
+    quarantined = reasons.any()
+    report.total_rows += rows
+    report.quarantined_rows += int(quarantined.sum())
+    report.accepted_rows += int(rows - quarantined.sum())
+    report.duplicate_rows += int((duplicate_mask & ~empty).sum())
+    report.empty_rows += int(empty.sum())
+    _write_quarantine(chunk, quarantined, reasons, writer, line_reader, source)
+
+    accepted = typed.loc[~quarantined]
+    accepted.index = pd.Index(chunk.lines[~quarantined], name="line")
+    return accepted
+
+
+def _require_mapped_labels(
+    source: TableSource,
+    schema: Schema,
+    checks: dict[str, ColumnCheck],
+    lines: np.ndarray,
+) -> None:
+    name = schema.label.column
+    check = checks[name]
+    values = check.values
+    unmapped = check.invalid
+    mapped_keys = list(schema.label.mapping)
+    present = ~check.missing & ~unmapped
+    if all(isinstance(key, int) for key in mapped_keys):
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        unmapped = unmapped | (present & ~np.isin(numbers, mapped_keys))
+    else:
+        keys = [str(key) for key in mapped_keys]
+        unmapped = unmapped | (present & ~values.astype(str).isin(keys).to_numpy())
+    if unmapped.any():
+        first = int(lines[np.flatnonzero(unmapped)[0]])
+        raise LabelMappingError(
+            source.path,
+            f"{int(unmapped.sum())} row(s) in this chunk have a label value outside "
+            f"the schema's mapping (first at line {first})",
+            "correct those labels, or extend 'label.mapping' in a new schema version",
+            column=name,
+        )
+
+
+class _ReasonBuilder:
+    """Collect reasons per row as masks, joining text only for flagged rows."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self._parts: list[tuple[np.ndarray, str | pd.Series]] = []
+        self._override: tuple[np.ndarray, str] | None = None
+
+    def add(self, mask: np.ndarray, text: str) -> None:
+        if mask.any():
+            self._parts.append((mask, text))
+
+    def add_each(self, mask: np.ndarray, texts: pd.Series) -> None:
+        if mask.any():
+            self._parts.append((mask, texts))
+
+    def replace(self, mask: np.ndarray, text: str) -> None:
+        if mask.any():
+            self._override = (mask, text)
+
+    def any(self) -> np.ndarray:
+        flagged = np.zeros(self.rows, dtype=bool)
+        for mask, _ in self._parts:
+            flagged |= mask
+        if self._override is not None:
+            flagged |= self._override[0]
+        return flagged
+
+    def texts(self, selected: np.ndarray) -> list[str]:
+        """Return the joined reasons of the rows in ``selected`` (positions)."""
+        joined = pd.Series([""] * len(selected), dtype=object)
+        for mask, text in self._parts:
+            hit = mask[selected]
+            if isinstance(text, str):
+                piece = np.where(hit, text, "")
+            else:
+                piece = np.where(hit, text.to_numpy(dtype=object)[selected], "")
+            separator = np.where(hit & (joined.to_numpy() != ""), "; ", "")
+            joined = joined + separator + piece
+        if self._override is not None:
+            mask, text = self._override
+            joined = joined.where(~mask[selected], text)
+        return joined.tolist()
+
+
+def _write_quarantine(
+    chunk: Chunk,
+    quarantined: np.ndarray,
+    reasons: _ReasonBuilder,
+    writer: _QuarantineWriter,
+    line_reader: LineReader | None,
+    source: TableSource,
+) -> None:
+    positions = np.flatnonzero(quarantined)
+    if len(positions) == 0:
+        return
+    lines = chunk.lines[positions]
+    texts = reasons.texts(positions)
+    if line_reader is not None:
+        encoding = source.encoding or "utf-8"
+        raw = line_reader.read(lines)
+        rows = [line.decode(encoding, errors="replace") for line in raw]
+        if len(rows) == 1 and rows[0].startswith("\ufeff"):
+            rows[0] = rows[0][1:]
+    else:
+        rendered = chunk.frame.iloc[positions].to_csv(header=False, index=False)
+        rows = rendered.splitlines()
+    writer.write(lines, texts, rows)
+
+
+class _DuplicateTracker:
+    """Find rows of a patient already seen, across every chunk of the file.
+
+    With ``keep_first``, a map from patient key to the line of its first row grows
+    chunk by chunk. With ``quarantine_all``, a first pass over the patient-id
+    column counts each patient's rows before validation starts.
+    """
+
+    def __init__(
+        self, schema: Schema, source: TableSource, options: CsvOptions
+    ) -> None:
+        self.unit = schema.privacy_unit
+        self._first_line = pd.Series(dtype=np.int64)
+        self._counts: pd.DataFrame | None = None
+        if self.unit.on_duplicate == "quarantine_all":
+            self._counts = _count_patient_rows(schema, source, options)
+
+    def check(
+        self,
+        typed: pd.DataFrame,
+        checks: dict[str, ColumnCheck],
+        lines: np.ndarray,
+        eligible: np.ndarray,
+    ) -> tuple[np.ndarray, pd.Series]:
+        """Return the duplicate mask and each row's reason text."""
+        keys = _patient_keys(typed, checks, self.unit.patient_id_column)
+        eligible = eligible & keys.notna().to_numpy()
+        if self._counts is not None:
+            return self._check_all(keys, eligible)
+        return self._check_first(keys, lines, eligible)
+
+    def _check_first(
+        self, keys: pd.Series, lines: np.ndarray, eligible: np.ndarray
+    ) -> tuple[np.ndarray, pd.Series]:
+        table = pd.DataFrame({"key": keys.to_numpy(), "line": lines})[eligible]
+        first_in_chunk = table.groupby("key", sort=False)["line"].transform("min")
+        earlier = table["key"].map(self._first_line)
+        first = earlier.fillna(first_in_chunk).astype(np.int64)
+        is_duplicate = (first != table["line"]).to_numpy()
+        new_keys = table.loc[earlier.isna() & ~table["key"].duplicated(), :]
+        self._first_line = pd.concat(
+            [self._first_line, pd.Series(new_keys["line"].to_numpy(), new_keys["key"])]
+        )
+        mask = np.zeros(len(keys), dtype=bool)
+        mask[np.flatnonzero(eligible)[is_duplicate]] = True
+        texts = pd.Series([""] * len(keys), dtype=object)
+        label = (
+            "duplicate of line "
+            if self.unit.patient_id_column is None
+            else "duplicate patient id, first row at line "
+        )
+        texts.iloc[np.flatnonzero(mask)] = (
+            label + first[is_duplicate].astype(str)
+        ).to_numpy()
+        return mask, texts
+
+    def _check_all(
+        self, keys: pd.Series, eligible: np.ndarray
+    ) -> tuple[np.ndarray, pd.Series]:
+        assert self._counts is not None
+        table = pd.DataFrame({"key": keys.to_numpy()})[eligible]
+        joined = table.join(self._counts, on="key")
+        shared = (joined["rows"] > 1).to_numpy()
+        mask = np.zeros(len(keys), dtype=bool)
+        mask[np.flatnonzero(eligible)[shared]] = True
+        texts = pd.Series([""] * len(keys), dtype=object)
+        hits = joined[shared]
+        texts.iloc[np.flatnonzero(mask)] = (
+            "patient id shared by "
+            + hits["rows"].astype(str)
+            + " rows, first at line "
+            + hits["first"].astype(str)
+        ).to_numpy()
+        return mask, texts
+
+
+def _patient_keys(
+    typed: pd.DataFrame, checks: dict[str, ColumnCheck], id_column: str | None
+) -> pd.Series:
+    if id_column is not None:
+        check = checks[id_column]
+        return check.values.where(~check.missing & ~check.invalid, None).reset_index(
+            drop=True
+        )
+    # NOTE: rows are compared by a 64-bit hash of their typed values. A hash
+    # collision between different rows quarantines the later one as a duplicate,
+    # which loses a row but never admits a second row of a patient.
+    hashed = pd.util.hash_pandas_object(typed, index=False)
+    return pd.Series(hashed.to_numpy(), dtype=object)
+
+
+def _count_patient_rows(
+    schema: Schema, source: TableSource, options: CsvOptions
+) -> pd.DataFrame:
+    """Count rows and the first line per patient id in one pass over the file."""
+    id_column = schema.privacy_unit.patient_id_column
+    assert id_column is not None
+    column = schema.column(id_column)
+    parts: list[pd.DataFrame] = []
+    for chunk in _chunks(source, schema, options):
+        check = check_column(chunk.frame[id_column], column, schema)
+        usable = ~check.missing & ~check.invalid
+        parts.append(
+            pd.DataFrame(
+                {"key": check.values.to_numpy()[usable], "line": chunk.lines[usable]}
+            )
+        )
+    if not parts:
+        return pd.DataFrame(columns=["rows", "first"])
+    table = pd.concat(parts)
+    grouped = table.groupby("key", sort=False)["line"]
+    return pd.DataFrame({"rows": grouped.size(), "first": grouped.min()})
