@@ -1,30 +1,34 @@
-"""Create and load a federation's TLS certificates, hospital keys and roster.
+"""Create a federation's TLS certificates, identity keys, SuperNode keys and roster.
 
 `create_federation_credentials` writes, under one directory:
 
 ```
-ca/ca.pem                        private CA certificate (EC P-384), for everyone
-ca/ca.key                        CA private key (0600), stays with the hub operator
-superlink/server.pem             SuperLink TLS certificate signed by the CA
-superlink/server.key             SuperLink TLS private key (0600)
-hospitals/<id>/identity.key      Ed25519 identity private key, PKCS#8 PEM (0600)
-hospitals/<id>/identity.pub      Ed25519 identity public key, SubjectPublicKeyInfo PEM
-hospitals/<id>/supernode.key     SuperNode authentication key, OpenSSH EC P-384 (0600)
-hospitals/<id>/supernode.pub     its OpenSSH public key, registered with the SuperLink
-roster.json                      hospital id -> identity and SuperNode public keys
+ca/ca.pem                    private CA certificate (EC P-384), for every party
+ca/ca.key                    CA private key (0600), stays with the hub operator
+superlink/server.pem         SuperLink TLS certificate signed by the CA
+superlink/server.key         SuperLink TLS private key (0600)
+hub/identity.key, .pub       hub's Ed25519 identity key (0600) and public key
+hospitals/<id>/identity.key  hospital's Ed25519 identity key, PKCS#8 PEM (0600)
+hospitals/<id>/identity.pub  its public key, SubjectPublicKeyInfo PEM
+hospitals/<id>/supernode.key SuperNode authentication key, OpenSSH EC P-384 (0600)
+hospitals/<id>/supernode.pub its OpenSSH public key, registered with the SuperLink
+roster.yaml                  federation name, hub and hospital identity public keys
 ```
+
+roster.yaml has the layout that `policies.roster.load_roster` reads: `federation`,
+`hub` and `hospitals` (id -> base64 of the raw 32-byte Ed25519 public key).
 
 Flower 1.42 authenticates a SuperNode with an elliptic-curve key on a NIST curve
 in OpenSSH format (`flower-supernode --auth-supernode-private-key`, registered
-with `flwr supernode register`), so each hospital gets that key next to its
-Ed25519 identity key, which signs healthfed's own protocol messages.
+with `flwr supernode register`; Ed25519 is rejected there), so each hospital gets
+that key next to its Ed25519 identity key, which signs healthfed's own messages.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
-import json
 import logging
 import os
 import re
@@ -32,6 +36,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -40,8 +45,8 @@ from pydantic import BaseModel, ConfigDict
 
 logger = logging.getLogger(__name__)
 
-ROSTER_FORMAT_VERSION = 1
-"""Version of the roster.json layout written by this module."""
+DEFAULT_FEDERATION = "healthfed"
+"""Federation name written to roster.yaml when none is given."""
 
 DEFAULT_VALIDITY_DAYS = 365
 """Default validity of the CA and SuperLink certificates, in days."""
@@ -88,6 +93,8 @@ class FederationCredentials(BaseModel):
     ca_key: Path
     superlink_certificate: Path
     superlink_key: Path
+    hub_identity_key: Path
+    hub_identity_public_key: Path
     roster: Path
     hospitals: tuple[HospitalCredentials, ...]
 
@@ -98,17 +105,6 @@ class FederationCredentials(BaseModel):
                 return entry
         known = ", ".join(h.hospital_id for h in self.hospitals)
         raise KeyError(f"hospital {hospital_id!r} is not in the roster ({known})")
-
-
-class RosterEntry(BaseModel):
-    """Public keys of one enrolled hospital, as stored in roster.json."""
-
-    model_config = ConfigDict(frozen=True)
-
-    identity_public_key: str
-    """Ed25519 public key, SubjectPublicKeyInfo PEM."""
-    supernode_public_key: str
-    """SuperNode authentication public key, one OpenSSH line."""
 
 
 def federation_paths(
@@ -123,7 +119,9 @@ def federation_paths(
         ca_key=directory / "ca" / "ca.key",
         superlink_certificate=directory / "superlink" / "server.pem",
         superlink_key=directory / "superlink" / "server.key",
-        roster=directory / "roster.json",
+        hub_identity_key=directory / "hub" / "identity.key",
+        hub_identity_public_key=directory / "hub" / "identity.pub",
+        roster=directory / "roster.yaml",
         hospitals=hospitals,
     )
 
@@ -180,10 +178,11 @@ def create_federation_credentials(
     hospital_ids: Sequence[str],
     hostnames: Sequence[str] = (),
     *,
+    federation: str = DEFAULT_FEDERATION,
     force: bool = False,
     validity_days: int = DEFAULT_VALIDITY_DAYS,
 ) -> FederationCredentials:
-    """Create a private CA, the SuperLink certificate, hospital keys and the roster.
+    """Create a private CA, the SuperLink certificate, identity keys and the roster.
 
     `hostnames` are added to the SuperLink certificate's subject alternative
     names next to 127.0.0.1 and localhost. Existing files are never overwritten
@@ -192,12 +191,18 @@ def create_federation_credentials(
     Private keys are written with mode 0600.
 
     Raises:
-        InvalidCredentialsError: an id, hostname or validity is invalid.
+        InvalidCredentialsError: an id, hostname, federation name or validity
+            is invalid.
         CredentialsExistError: a target file exists and `force` is false.
 
     """
     validate_hospital_ids(hospital_ids)
     validate_hostnames(hostnames)
+    if not _HOSPITAL_ID_PATTERN.fullmatch(federation):
+        raise InvalidCredentialsError(
+            f"federation: invalid name {federation!r}; use 1-64 lowercase letters, "
+            "digits and inner hyphens, for example 'heart-disease-study'"
+        )
     if not 1 <= validity_days <= 3650:
         raise InvalidCredentialsError(
             f"validity_days: must be between 1 and 3650, got {validity_days}"
@@ -230,10 +235,13 @@ def create_federation_credentials(
     )
     _write_file(paths.superlink_key, _private_key_pem(server_key), private=True)
 
-    roster: dict[str, RosterEntry] = {}
+    hub_key = _write_identity_key(paths.hub_identity_key, paths.hub_identity_public_key)
+    hospital_keys: dict[str, ed25519.Ed25519PublicKey] = {}
     for hospital in paths.hospitals:
-        roster[hospital.hospital_id] = _create_hospital_keys(hospital)
-    _write_file(paths.roster, _roster_json(roster), private=False)
+        hospital_keys[hospital.hospital_id] = _create_hospital_keys(hospital)
+    _write_file(
+        paths.roster, _roster_yaml(federation, hub_key, hospital_keys), private=False
+    )
 
     logger.info(
         "created federation credentials in %s for %d hospitals",
@@ -246,12 +254,34 @@ def create_federation_credentials(
 def load_federation_credentials(directory: Path) -> FederationCredentials:
     """Return the file layout of an existing credentials directory.
 
+    The hospitals are those listed in roster.yaml. The CA key may be absent
+    (kept offline); every other file must exist.
+
     Raises:
-        InvalidCredentialsError: roster.json or a listed file is missing.
+        InvalidCredentialsError: roster.yaml is missing or malformed, or a
+            listed file is missing.
 
     """
-    roster = load_roster(Path(directory) / "roster.json")
-    paths = federation_paths(directory, list(roster))
+    roster_path = Path(directory) / "roster.yaml"
+    try:
+        document = yaml.safe_load(roster_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise InvalidCredentialsError(
+            f"roster {roster_path} not found; run `federation-hub init` first"
+        ) from err
+    except yaml.YAMLError as err:
+        raise InvalidCredentialsError(
+            f"roster {roster_path} is not valid YAML: {err}"
+        ) from err
+    if not isinstance(document, dict) or not isinstance(
+        document.get("hospitals"), dict
+    ):
+        raise InvalidCredentialsError(
+            f"roster {roster_path} must be a mapping with a 'hospitals' mapping"
+        )
+    hospital_ids = [str(h) for h in document["hospitals"]]
+    validate_hospital_ids(hospital_ids)
+    paths = federation_paths(directory, hospital_ids)
     missing = [p for p in _all_files(paths) if p != paths.ca_key and not p.exists()]
     if missing:
         listed = ", ".join(str(p) for p in missing)
@@ -262,106 +292,14 @@ def load_federation_credentials(directory: Path) -> FederationCredentials:
     return paths
 
 
-def load_roster(path: Path) -> dict[str, RosterEntry]:
-    """Load roster.json and check every public key in it.
-
-    Raises:
-        InvalidCredentialsError: the file is missing, malformed, of another
-            version, or a key is not Ed25519 (identity) or EC on a NIST curve
-            (SuperNode).
-
-    """
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise InvalidCredentialsError(
-            f"roster: file {path} not found; run `federation-hub init` first"
-        ) from err
-    except json.JSONDecodeError as err:
-        raise InvalidCredentialsError(
-            f"roster: {path} is not valid JSON: {err}"
-        ) from err
-    if (
-        not isinstance(document, dict)
-        or document.get("version") != ROSTER_FORMAT_VERSION
-    ):
-        raise InvalidCredentialsError(
-            f"roster: {path} must be an object with version {ROSTER_FORMAT_VERSION}"
-        )
-    hospitals = document.get("hospitals")
-    if not isinstance(hospitals, dict):
-        raise InvalidCredentialsError(f"roster: {path} has no 'hospitals' object")
-    validate_hospital_ids(list(hospitals))
-    roster = {h: RosterEntry.model_validate(entry) for h, entry in hospitals.items()}
-    for hospital_id, entry in roster.items():
-        load_identity_public_key(entry.identity_public_key.encode(), hospital_id)
-        load_supernode_public_key(entry.supernode_public_key.encode(), hospital_id)
-    return roster
-
-
-def load_identity_public_key(data: bytes, hospital_id: str) -> ed25519.Ed25519PublicKey:
-    """Parse a PEM identity public key and check that it is Ed25519."""
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as err:
-        raise InvalidCredentialsError(
-            f"roster: identity key of {hospital_id!r} is not a PEM public key"
-        ) from err
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise InvalidCredentialsError(
-            f"roster: identity key of {hospital_id!r} must be Ed25519, "
-            f"got {type(key).__name__}"
-        )
-    return key
-
-
-def load_supernode_public_key(
-    data: bytes, hospital_id: str
-) -> ec.EllipticCurvePublicKey:
-    """Parse an OpenSSH SuperNode public key and check its curve is NIST P-384."""
-    try:
-        key = serialization.load_ssh_public_key(data)
-    except ValueError as err:
-        raise InvalidCredentialsError(
-            f"roster: SuperNode key of {hospital_id!r} is not an OpenSSH public key"
-        ) from err
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
-        key.curve, ec.SECP384R1
-    ):
-        raise InvalidCredentialsError(
-            f"roster: SuperNode key of {hospital_id!r} must be EC on NIST P-384"
-        )
-    return key
-
-
-def load_identity_private_key(path: Path) -> ed25519.Ed25519PrivateKey:
-    """Load a hospital's Ed25519 identity key, refusing group- or world-readable files.
-
-    Raises:
-        InvalidCredentialsError: the file is readable by others or not Ed25519.
-
-    """
-    path = Path(path)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise InvalidCredentialsError(
-            f"identity key {path}: mode {mode:o} lets other users read it; "
-            f"run `chmod 600 {path}`"
-        )
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise InvalidCredentialsError(
-            f"identity key {path}: must be Ed25519, got {type(key).__name__}"
-        )
-    return key
-
-
 def _all_files(paths: FederationCredentials) -> list[Path]:
     files = [
         paths.ca_certificate,
         paths.ca_key,
         paths.superlink_certificate,
         paths.superlink_key,
+        paths.hub_identity_key,
+        paths.hub_identity_public_key,
         paths.roster,
     ]
     for hospital in paths.hospitals:
@@ -374,26 +312,14 @@ def _all_files(paths: FederationCredentials) -> list[Path]:
     return files
 
 
-def _create_hospital_keys(hospital: HospitalCredentials) -> RosterEntry:
-    identity_key = ed25519.Ed25519PrivateKey.generate()
-    identity_public_pem = identity_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+def _create_hospital_keys(hospital: HospitalCredentials) -> ed25519.Ed25519PublicKey:
+    identity_public_key = _write_identity_key(
+        hospital.identity_key, hospital.identity_public_key
     )
     supernode_key = ec.generate_private_key(ec.SECP384R1())
     supernode_public_ssh = supernode_key.public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     )
-
-    _write_file(
-        hospital.identity_key,
-        identity_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        private=True,
-    )
-    _write_file(hospital.identity_public_key, identity_public_pem, private=False)
     _write_file(
         hospital.supernode_key,
         supernode_key.private_bytes(
@@ -406,10 +332,25 @@ def _create_hospital_keys(hospital: HospitalCredentials) -> RosterEntry:
     _write_file(
         hospital.supernode_public_key, supernode_public_ssh + b"\n", private=False
     )
-    return RosterEntry(
-        identity_public_key=identity_public_pem.decode("ascii"),
-        supernode_public_key=supernode_public_ssh.decode("ascii"),
+    return identity_public_key
+
+
+def _write_identity_key(
+    private_path: Path, public_path: Path
+) -> ed25519.Ed25519PublicKey:
+    """Generate an Ed25519 key; write it as PKCS#8 PEM and its public key as PEM."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    _write_file(private_path, private_pem, private=True)
+    _write_file(public_path, public_pem, private=False)
+    return key.public_key()
 
 
 def _build_ca_certificate(
@@ -525,12 +466,22 @@ def _private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _roster_json(roster: dict[str, RosterEntry]) -> bytes:
+def _roster_yaml(
+    federation: str,
+    hub_key: ed25519.Ed25519PublicKey,
+    hospital_keys: dict[str, ed25519.Ed25519PublicKey],
+) -> bytes:
     document = {
-        "version": ROSTER_FORMAT_VERSION,
-        "hospitals": {h: entry.model_dump() for h, entry in roster.items()},
+        "federation": federation,
+        "hub": _raw_base64(hub_key),
+        "hospitals": {h: _raw_base64(key) for h, key in hospital_keys.items()},
     }
-    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    return yaml.safe_dump(document, sort_keys=False).encode("utf-8")
+
+
+def _raw_base64(key: ed25519.Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
 
 
 def _write_file(path: Path, content: bytes, *, private: bool) -> None:

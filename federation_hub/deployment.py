@@ -234,11 +234,17 @@ class LoopbackDeployment:
         logger.info("registered the SuperNode key of %s", hospital.hospital_id)
 
     def start_supernode(
-        self, hospital: HospitalCredentials, agent_config: Path
+        self,
+        hospital: HospitalCredentials,
+        agent_config: Path,
+        *,
+        root_certificate: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a SuperNode that authenticates with the hospital's key.
 
-        The SuperNode is not waited for; a SuperNode whose key is not registered
+        `root_certificate` is the CA certificate the SuperNode trusts, by
+        default the federation's. The SuperNode is not waited for: one whose key
+        is not registered, or that does not trust the SuperLink's certificate,
         exits with an error, which the caller observes on the returned process.
         """
         agent_config = Path(agent_config).resolve()
@@ -253,7 +259,7 @@ class LoopbackDeployment:
             "--superlink",
             self.superlink_address,
             "--root-certificates",
-            str(self.credentials.ca_certificate),
+            str(root_certificate or self.credentials.ca_certificate),
             "--auth-supernode-private-key",
             str(hospital.supernode_key),
             "--node-config",
@@ -335,6 +341,7 @@ class LoopbackDeployment:
             time.sleep(_STATUS_POLL_SECONDS)
 
         elapsed = time.monotonic() - started
+        self._save_run_log(run_id)
         if status != "finished:completed":
             raise RunFailedError(
                 run_id, status, str(run.get("status-details", "")), self.log_tail()
@@ -356,6 +363,17 @@ class LoopbackDeployment:
             )
         record: dict[str, object] = runs[0]
         return record
+
+    def _save_run_log(self, run_id: int) -> None:
+        """Write the run's ServerApp log (`flwr log --show`) to runs/<run_id>.log."""
+        try:
+            text = self._flwr("log", str(run_id), CONNECTION_NAME, "--show")
+        except DeploymentError as err:
+            logger.warning("could not read the log of run %d: %s", run_id, err)
+            return
+        runs = self.directory / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        (runs / f"{run_id}.log").write_text(text, encoding="utf-8")
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """Return the last `lines` lines of every process log, one section each."""

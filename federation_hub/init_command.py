@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from federation_hub.credentials import (
+    DEFAULT_FEDERATION,
     DEFAULT_VALIDITY_DAYS,
     CredentialsExistError,
     InvalidCredentialsError,
@@ -39,6 +40,14 @@ def init(
             "certificate; 127.0.0.1 and localhost are always included. Repeatable.",
         ),
     ] = None,
+    federation: Annotated[
+        str,
+        typer.Option(
+            "--federation",
+            help="Federation name written to roster.yaml (lowercase letters, "
+            "digits, hyphens).",
+        ),
+    ] = DEFAULT_FEDERATION,
     validity_days: Annotated[
         int,
         typer.Option(
@@ -56,17 +65,19 @@ def init(
         ),
     ] = False,
 ) -> None:
-    """Create a private CA, the SuperLink TLS certificate and one key set per hospital.
+    """Create a private CA, the SuperLink TLS certificate, identity keys and roster.
 
-    Each hospital receives an Ed25519 identity key and an EC P-384 SuperNode
-    authentication key; roster.json lists their public keys. Private keys are
-    written with mode 0600, and no file is overwritten without --force.
+    The hub and each hospital receive an Ed25519 identity key; each hospital
+    also receives the EC P-384 key its SuperNode authenticates with. roster.yaml
+    lists the identity public keys. Private keys are written with mode 0600, and
+    no file is overwritten without --force.
     """
     try:
         paths = create_federation_credentials(
             directory,
             hospital,
             hostname or (),
+            federation=federation,
             force=force,
             validity_days=validity_days,
         )
@@ -79,7 +90,8 @@ def init(
         f"SuperLink certificate and key: {paths.superlink_certificate}, "
         f"{paths.superlink_key}"
     )
-    typer.echo(f"roster: {paths.roster}")
+    typer.echo(f"hub identity key: {paths.hub_identity_key}")
+    typer.echo(f"roster (give to every hospital): {paths.roster}")
     for entry in paths.hospitals:
         typer.echo(
             f"hospital {entry.hospital_id}: {entry.identity_key.parent} "
