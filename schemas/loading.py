@@ -115,8 +115,9 @@ def _format_location(loc: tuple[int | str, ...], document: Any) -> str:
             parts.append(f".{key}")
             node = node[key]
         else:
-            # Pydantic adds union tags such as 'integer' that are not YAML keys.
-            if isinstance(key, str) and isinstance(node, dict):
+            # Pydantic adds the union tag ('integer', 'date', ...) to the location
+            # of an error inside a column; it is not a YAML key.
+            if isinstance(node, dict) and node.get("type") == key:
                 continue
             parts.append(f".{key}")
     return "".join(parts).lstrip(".") or "file"

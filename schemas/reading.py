@@ -239,7 +239,9 @@ def string_columns(schema: Schema) -> dict[str, type[str]]:
             text_columns[column.name] = str
         elif isinstance(column, CategoricalColumn) and not column.numeric_codes():
             text_columns[column.name] = str
-        elif isinstance(column, BooleanColumn):
+        elif isinstance(column, BooleanColumn) and any(
+            isinstance(v, str) for v in (*column.true_values, *column.false_values)
+        ):
             text_columns[column.name] = str
     return text_columns
 
@@ -281,7 +283,6 @@ def iter_csv_chunks(
             encoding=source.encoding,
             header=0 if source.header else None,
             names=None if source.header else list(source.file_columns),
-            usecols=present,
             dtype=text_columns,
             na_values=markers,
             keep_default_na=False,
@@ -294,6 +295,7 @@ def iter_csv_chunks(
             for frame in reader:
                 if source.header:
                     frame.columns = [str(name).strip() for name in frame.columns]
+                frame = frame[present]
                 lines = frame.index.to_numpy(dtype=np.int64) + first_line
                 yield Chunk(frame=frame, lines=lines)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
@@ -431,7 +433,10 @@ class LineReader:
             for index in (selected - self._line).tolist():
                 found.append(self._pending[starts[index] : ends[index]].rstrip(b"\r\n"))
             position = stop
-            consumed = int(ends[-1]) + 1
+            if position == len(wanted):
+                # Keep the lines after the last requested one for the next call.
+                complete = int(wanted[-1] - self._line) + 1
+            consumed = int(ends[complete - 1]) + 1
             self._pending = self._pending[consumed:]
             self._line += complete
         return found

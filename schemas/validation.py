@@ -522,6 +522,8 @@ class _DuplicateTracker:
     ) -> None:
         self.unit = schema.privacy_unit
         self._first_line = pd.Series(dtype=np.int64)
+        if self.unit.patient_id_column is None:
+            self._first_line.index = pd.Index([], dtype=np.uint64)
         self._counts: pd.DataFrame | None = None
         if self.unit.on_duplicate == "quarantine_all":
             self._counts = _count_patient_rows(schema, source, options)
@@ -543,25 +545,32 @@ class _DuplicateTracker:
     def _check_first(
         self, keys: pd.Series, lines: np.ndarray, eligible: np.ndarray
     ) -> tuple[np.ndarray, pd.Series]:
-        table = pd.DataFrame({"key": keys.to_numpy(), "line": lines})[eligible]
-        first_in_chunk = table.groupby("key", sort=False)["line"].transform("min")
-        earlier = table["key"].map(self._first_line)
-        first = earlier.fillna(first_in_chunk).astype(np.int64)
-        is_duplicate = (first != table["line"]).to_numpy()
-        new_keys = table.loc[earlier.isna() & ~table["key"].duplicated(), :]
+        positions = np.flatnonzero(eligible)
+        codes, uniques = pd.factorize(keys.to_numpy()[positions])
+        first_seen = ~pd.Series(codes).duplicated().to_numpy()
+        first_line = np.empty(len(uniques), dtype=np.int64)
+        first_line[codes[first_seen]] = lines[positions[first_seen]]
+        known = self._first_line.index.get_indexer(uniques)
+        earlier = known >= 0
+        first_line[earlier] = self._first_line.to_numpy()[known[earlier]]
         self._first_line = pd.concat(
-            [self._first_line, pd.Series(new_keys["line"].to_numpy(), new_keys["key"])]
+            [
+                self._first_line,
+                pd.Series(first_line[~earlier], index=uniques[~earlier]),
+            ]
         )
+        row_first = first_line[codes]
+        is_duplicate = row_first != lines[positions]
         mask = np.zeros(len(keys), dtype=bool)
-        mask[np.flatnonzero(eligible)[is_duplicate]] = True
+        mask[positions[is_duplicate]] = True
         texts = pd.Series([""] * len(keys), dtype=object)
         label = (
             "duplicate of line "
             if self.unit.patient_id_column is None
             else "duplicate patient id, first row at line "
         )
-        texts.iloc[np.flatnonzero(mask)] = (
-            label + first[is_duplicate].astype(str)
+        texts.iloc[positions[is_duplicate]] = (
+            label + pd.Series(row_first[is_duplicate]).astype(str)
         ).to_numpy()
         return mask, texts
 
@@ -597,7 +606,7 @@ def _patient_keys(
     # collision between different rows quarantines the later one as a duplicate,
     # which loses a row but never admits a second row of a patient.
     hashed = pd.util.hash_pandas_object(typed, index=False)
-    return pd.Series(hashed.to_numpy(), dtype=object)
+    return pd.Series(hashed.to_numpy())
 
 
 def _count_patient_rows(

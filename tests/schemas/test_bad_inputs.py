@@ -1,0 +1,311 @@
+"""Bad and unusual input files, each with its expected outcome."""
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from schemas import HEART_DISEASE_SCHEMA_PATH, ICU_OUTCOME_SCHEMA_PATH, load_schema
+from schemas.errors import (
+    EmptyCohortError,
+    LabelMappingError,
+    MissingColumnError,
+    UnreadableFileError,
+)
+from schemas.reading import CsvOptions
+from schemas.validation import validate_file
+
+HEADER = "age,sex,cp,trestbps,chol,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal,num"
+GOOD = "63,1,1,145,233,1,2,150,0,2.3,3,0,6,0"
+ICU_HEADER = (
+    "patient_id,admitted_on,birth_date,sex,heart_rate,mean_arterial_pressure,"
+    "lactate,ventilated,outcome"
+)
+
+
+@pytest.fixture(scope="module")
+def heart():
+    return load_schema(HEART_DISEASE_SCHEMA_PATH)
+
+
+@pytest.fixture(scope="module")
+def icu():
+    return load_schema(ICU_OUTCOME_SCHEMA_PATH)
+
+
+def write(tmp_path, text, name="data.csv", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def quarantine_rows(path):
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_question_marks_are_missing(heart, tmp_path):
+    path = write(tmp_path, "63,1,1,145,?,1,2,150,0,2.3,?,?,?,0\n")
+    result = validate_file(path, heart)
+    assert result.accepted_rows == 1
+    assert result.report.columns["chol"].missing == 1
+    assert np.isnan(result.accepted.loc[1, "ca"])
+
+
+def test_question_mark_rejected_column(heart, tmp_path):
+    path = write(tmp_path, f"?,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n{GOOD}\n")
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, heart, quarantine)
+    rows = quarantine_rows(quarantine)
+    assert result.quarantined_rows == 1
+    assert rows.loc[0, "line"] == "1"
+    assert rows.loc[0, "reasons"] == "age: missing (rejected by the schema)"
+    assert rows.loc[0, "row"] == "?,1,1,145,233,1,2,150,0,2.3,3,0,6,0"
+
+
+def test_bom_on_first_header(heart, tmp_path):
+    path = write(tmp_path, f"{HEADER}\n{GOOD}\n", encoding="utf-8-sig")
+    result = validate_file(path, heart)
+    assert result.report.header is True
+    assert result.accepted_rows == 1
+    assert result.accepted.index[0] == 2
+
+
+def test_bom_without_header(heart, tmp_path):
+    path = write(tmp_path, f"{GOOD}\n", encoding="utf-8-sig")
+    result = validate_file(path, heart)
+    assert result.accepted.loc[1, "age"] == 63
+
+
+def test_zero_means_not_measured(heart, tmp_path):
+    path = write(tmp_path, "63,1,1,0,0.0,1,2,150,0,2.3,3,0,6,0\n")
+    result = validate_file(path, heart)
+    assert result.accepted_rows == 1
+    assert result.report.columns["trestbps"].missing == 1
+    assert result.report.columns["chol"].missing == 1
+
+
+def test_code_outside_set(heart, tmp_path):
+    path = write(tmp_path, f"63,1,5,145,233,1,2,150,0,2.3,3,0,6,0\n{GOOD}\n")
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, heart, quarantine)
+    assert result.quarantined_rows == 1
+    assert result.report.columns["cp"].invalid_code == 1
+    assert "cp: code not in the declared codes" in quarantine.read_text()
+
+
+def test_out_of_hard_range(heart, tmp_path):
+    path = write(tmp_path, f"63,1,1,145,233,1,2,400,0,2.3,3,0,6,0\n{GOOD}\n")
+    result = validate_file(path, heart)
+    assert result.report.columns["thalach"].out_of_range == 1
+    assert result.quarantined_rows == 1
+
+
+def test_implausible_is_warning(heart, tmp_path):
+    path = write(tmp_path, "12,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n")
+    result = validate_file(path, heart)
+    assert result.accepted_rows == 1
+    assert result.report.columns["age"].warnings == 1
+
+
+def test_type_change_in_large_file(heart, tmp_path):
+    # Age, blood pressure and heart rate vary so that no two rows are equal.
+    rows = [
+        f"{30 + i % 40},1,1,{100 + i // 40 % 100},233,1,2,{100 + i // 4000},0,2.3,3,0,6,0"
+        for i in range(30_000)
+    ]
+    for i in range(20_000, 30_000, 1000):
+        rows[i] = rows[i].replace(",233,", ",high,")
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(
+        path, heart, quarantine, options=CsvOptions(chunk_rows=7_000)
+    )
+    lines = quarantine_rows(quarantine)["line"].astype(int).tolist()
+    assert result.report.columns["chol"].wrong_type == 10
+    assert lines == list(range(20_001, 30_001, 1000))
+    assert result.accepted_rows == 29_990
+
+
+def test_exact_duplicate_across_chunks(heart, tmp_path):
+    other = "50,0,2,120,200,0,0,160,0,0,1,0,3,0"
+    path = write(tmp_path, "\n".join([GOOD, other, other, GOOD]) + "\n")
+    quarantine = tmp_path / "q.csv"
+    validate_file(path, heart, quarantine, options=CsvOptions(chunk_rows=2))
+    rows = quarantine_rows(quarantine)
+    assert rows["line"].tolist() == ["3", "4"]
+    assert rows["reasons"].tolist() == ["duplicate of line 2", "duplicate of line 1"]
+
+
+def test_float_and_int_duplicate(heart, tmp_path):
+    as_float = ",".join(f"{float(v)}" for v in GOOD.split(","))
+    path = write(tmp_path, f"{GOOD}\n{as_float}\n")
+    result = validate_file(path, heart)
+    assert result.report.duplicate_rows == 1
+
+
+def icu_row(patient, outcome="home", admitted="2021-03-04"):
+    return f"{patient},{admitted},1950-02-01,F,88,75.5,2.1,yes,{outcome}"
+
+
+def test_patient_quarantine_all(icu, tmp_path):
+    rows = [icu_row("P000001"), icu_row("P000002"), icu_row("P000001", "died")]
+    path = write(tmp_path, ICU_HEADER + "\n" + "\n".join(rows) + "\n")
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, icu, quarantine, options=CsvOptions(chunk_rows=1))
+    rows = quarantine_rows(quarantine)
+    assert result.accepted.index.tolist() == [3]
+    assert rows["line"].tolist() == ["2", "4"]
+    assert rows["reasons"].tolist() == [
+        "patient id shared by 2 rows, first at line 2",
+        "patient id shared by 2 rows, first at line 2",
+    ]
+
+
+def test_patient_keep_first(icu, tmp_path):
+    schema = icu.model_copy(
+        update={
+            "privacy_unit": icu.privacy_unit.model_copy(
+                update={"on_duplicate": "keep_first"}
+            )
+        }
+    )
+    rows = [icu_row("P000001"), icu_row("P000002"), icu_row("P000001", "died")]
+    path = write(tmp_path, ICU_HEADER + "\n" + "\n".join(rows) + "\n")
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, schema, quarantine, options=CsvOptions(chunk_rows=1))
+    assert result.accepted.index.tolist() == [2, 3]
+    assert quarantine_rows(quarantine)["reasons"].tolist() == [
+        "duplicate patient id, first row at line 2"
+    ]
+
+
+def test_bad_date_and_pattern(icu, tmp_path):
+    rows = [icu_row("P000001", admitted="2021-13-01"), icu_row("X1")]
+    path = write(tmp_path, ICU_HEADER + "\n" + "\n".join(rows) + "\n")
+    result = validate_file(path, icu)
+    assert result.report.columns["admitted_on"].wrong_type == 1
+    assert result.report.columns["patient_id"].wrong_type == 1
+
+
+def test_empty_file(heart, tmp_path):
+    path = write(tmp_path, "")
+    with pytest.raises(EmptyCohortError, match="empty"):
+        validate_file(path, heart)
+
+
+def test_header_without_rows(heart, tmp_path):
+    path = write(tmp_path, HEADER + "\n")
+    quarantine = tmp_path / "q.csv"
+    with pytest.raises(EmptyCohortError, match="no data rows"):
+        validate_file(path, heart, quarantine)
+    assert not quarantine.exists()
+
+
+def test_missing_required_column(heart, tmp_path):
+    header = HEADER.replace("chol", "cholesterol")
+    path = write(tmp_path, f"{header}\n{GOOD}\n")
+    with pytest.raises(MissingColumnError) as caught:
+        validate_file(path, heart)
+    assert caught.value.column == "chol"
+    assert str(path) in str(caught.value)
+
+
+def test_label_outside_mapping(heart, tmp_path):
+    path = write(tmp_path, f"{GOOD}\n63,1,1,145,233,1,2,150,0,2.3,3,0,6,7\n")
+    quarantine = tmp_path / "q.csv"
+    with pytest.raises(LabelMappingError, match="line 2") as caught:
+        validate_file(path, heart, quarantine)
+    assert caught.value.column == "num"
+    assert not quarantine.exists()
+
+
+def test_file_not_found(heart, tmp_path):
+    with pytest.raises(UnreadableFileError, match="not found"):
+        validate_file(tmp_path / "absent.csv", heart)
+
+
+def test_too_many_fields(heart, tmp_path):
+    path = write(tmp_path, f"{HEADER}\n{GOOD}\n{GOOD},9\n")
+    with pytest.raises(UnreadableFileError, match="parsed"):
+        validate_file(path, heart)
+
+
+def test_wrong_field_count_without_header(heart, tmp_path):
+    path = write(tmp_path, "1,2,3\n")
+    with pytest.raises(UnreadableFileError, match="no header"):
+        validate_file(path, heart)
+
+
+def test_quoted_line_break(icu, tmp_path):
+    row = icu_row("P000001")
+    text = f'{ICU_HEADER},ward_note\n{row},"bed\n4"\n'
+    path = write(tmp_path, text)
+    with pytest.raises(UnreadableFileError, match="spans several lines"):
+        validate_file(path, icu)
+
+
+def test_semicolon_latin1(heart, tmp_path):
+    text = "# ignored?\n"
+    path = write(
+        tmp_path,
+        f"{HEADER};note\n".replace(",", ";") + GOOD.replace(",", ";") + ";café\n",
+        encoding="latin-1",
+    )
+    del text
+    result = validate_file(path, heart)
+    assert result.report.delimiter == ";"
+    assert result.accepted_rows == 1
+    assert result.report.extra_columns == ["note"]
+
+
+def test_utf16_input(heart, tmp_path):
+    path = write(
+        tmp_path,
+        f"{HEADER}\n{GOOD}\n?,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n",
+        encoding="utf-16",
+    )
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, heart, quarantine)
+    assert result.accepted_rows == 1
+    assert quarantine_rows(quarantine).loc[0, "row"].startswith("?,1,1")
+
+
+def test_blank_line_is_empty_row(heart, tmp_path):
+    path = write(tmp_path, f"{GOOD}\n\n50,0,2,120,200,0,0,160,0,0,1,0,3,0\n")
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, heart, quarantine)
+    assert result.report.empty_rows == 1
+    assert result.accepted.index.tolist() == [1, 3]
+    assert quarantine_rows(quarantine).loc[0, "reasons"] == (
+        "empty row: every field is missing"
+    )
+
+
+def test_parquet_input(heart, tmp_path):
+    frame = pd.read_csv(
+        pd.io.common.StringIO(
+            f"{HEADER}\n{GOOD}\n63,1,9,145,233,1,2,150,0,2.3,3,0,6,0\n"
+        )
+    )
+    path = tmp_path / "data.parquet"
+    frame.to_parquet(path)
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, heart, quarantine)
+    assert result.accepted_rows == 1
+    assert quarantine_rows(quarantine).loc[0, "line"] == "2"
+
+
+def test_input_never_modified(heart, tmp_path):
+    path = write(tmp_path, f"{GOOD}\n?,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n")
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    validate_file(path, heart, tmp_path / "q.csv")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_no_quarantine_when_clean(heart, tmp_path):
+    path = write(tmp_path, f"{GOOD}\n")
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, heart, quarantine)
+    assert result.quarantine_path is None
+    assert not quarantine.exists()
