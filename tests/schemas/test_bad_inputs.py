@@ -111,7 +111,8 @@ def test_implausible_is_warning(heart, tmp_path):
 def test_type_change_in_large_file(heart, tmp_path):
     # Age, blood pressure and heart rate vary so that no two rows are equal.
     rows = [
-        f"{30 + i % 40},1,1,{100 + i // 40 % 100},233,1,2,{100 + i // 4000},0,2.3,3,0,6,0"
+        f"{30 + i % 40},1,1,{100 + i // 40 % 100},233,1,2,{100 + i // 4000},0,"
+        "2.3,3,0,6,0"
         for i in range(30_000)
     ]
     for i in range(20_000, 30_000, 1000):
