@@ -575,7 +575,7 @@ class AgentSession:
                 f"advertisement from party {party!r}, which is not in the roster"
             )
         if advertisement.study_id != self.study_id:
-            raise KeyEpochError(
+            raise ReplayError(
                 f"advertisement of party {party!r} is for study "
                 f"{advertisement.study_id!r}, not {self.study_id!r}"
             )

@@ -49,7 +49,7 @@ class StaleRoundError(SecureAggregationError):
 
 
 class ReplayError(SecureAggregationError):
-    """A nonce was used before, or an unmask request was already answered."""
+    """A nonce, unmask request or another study's advertisement came again."""
 
 
 class ShapeMismatchError(SecureAggregationError):

@@ -83,12 +83,10 @@ class Quantizer:
     def to_signed(self, residues: UIntArray) -> npt.NDArray[np.int64]:
         """Return ``residues`` modulo 2**k as signed integers."""
         reduced = np.asarray(residues, dtype=np.uint64) & self._residue_mask
-        if self.modulus_bits == 64:
-            return reduced.view(np.int64)
-        signed = reduced.astype(np.int64)
-        half = 1 << (self.modulus_bits - 1)
-        signed[signed >= half] -= 1 << self.modulus_bits
-        return signed
+        # Shifting the residue to the top bits and back with an arithmetic shift
+        # extends its sign bit (bit k - 1).
+        shift = 64 - self.modulus_bits
+        return (reduced << np.uint64(shift)).view(np.int64) >> np.int64(shift)
 
     def decode(self, residues: UIntArray) -> FloatArray:
         """Return the real values whose encodings sum to ``residues``."""

@@ -47,9 +47,7 @@ def run_round(
         for party in start.participants
     }
     masked = federation.mask_all(start, deltas, weights, skip=drop_before_input)
-    requests = federation.hub.collect_masked_inputs(
-        round_number, start.nonce, masked
-    )
+    requests = federation.hub.collect_masked_inputs(round_number, start.nonce, masked)
     responses = federation.unmask_all(requests, skip=drop_during_unmask)
     total, total_weight = federation.hub.finalize(responses)
     survivors = sorted(set(start.participants) - set(drop_before_input))
