@@ -138,6 +138,10 @@ def _spend_key(
     return canonical_json([study_id, round_number, nonce, hospital_id]).decode()
 
 
+def _spend_identity(payload: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in payload.items() if key != "epsilon_after"}
+
+
 def _dp_from_payload(payload: Mapping[str, Any]) -> DPParameters:
     return DPParameters(
         noise_multiplier=payload["noise_multiplier"],
@@ -409,7 +413,12 @@ class Ledger:
         """Record a spend and commit it to disk before returning.
 
         Idempotent for the same (study_id, round, nonce, hospital_id): a retry
-        returns the stored entry and spends nothing more.
+        with the same DP parameters, accountant and delta returns the stored
+        entry, with its original ``epsilon_after``, and spends nothing more.
+        A retry recomputes ``epsilon_after`` over a history that already holds
+        the first attempt, so that value is not compared. An agent should call
+        :meth:`find_spend` before checking an instruction, so that a retried
+        round is neither checked nor counted twice.
 
         Args:
             study_id: the study that spends.
@@ -451,7 +460,9 @@ class Ledger:
             ).fetchone()
             if existing is not None:
                 stored = json.loads(existing[0])
-                if stored["payload"] != json.loads(canonical_json(payload)):
+                if _spend_identity(stored["payload"]) != _spend_identity(
+                    json.loads(canonical_json(payload))
+                ):
                     raise SpendConflictError(
                         f"spend for study {study_id} round {round} nonce {nonce} "
                         f"hospital {hospital_id} is already stored with other values"
@@ -472,6 +483,20 @@ class Ledger:
             epsilon_after,
         )
         return entry
+
+    def find_spend(
+        self, study_id: str, round: int, nonce: str, hospital_id: str | None = None
+    ) -> LedgerEntry | None:
+        """Return the committed spend for this round and nonce, or None.
+
+        A hit means the round was committed before a crash or a retry, so the
+        caller resends the same update instead of spending again.
+        """
+        key = _spend_key(study_id, round, nonce, hospital_id)
+        row = self._connection.execute(
+            "SELECT seq FROM entries WHERE spend_key = ?", (key,)
+        ).fetchone()
+        return None if row is None else self._entry_by_seq(int(row[0]))
 
     def _entry_by_seq(self, seq: int) -> LedgerEntry:
         for entry in self.entries():
