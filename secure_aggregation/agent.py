@@ -75,12 +75,12 @@ from secure_aggregation.messages import (
 from secure_aggregation.primitives import (
     NONCE_BYTES,
     SEED_BYTES,
+    add_mask,
     agree,
     commitment,
     decrypt,
     encode_fields,
     encrypt,
-    expand_mask,
     pairwise_mask_seed,
     share_encryption_key,
 )
@@ -722,15 +722,15 @@ class AgentSession:
     ) -> tuple[
         npt.NDArray[np.uint64], dict[str, dict[str, Any]], dict[str, bytes], bytes
     ]:
-        """Add the self mask and pairwise masks; split every seed into shares."""
-        length = quantized.shape[0]
+        """Mask ``quantized`` in place and split every seed into shares."""
         bits = self.config.modulus_bits
         holders = holders_of(self.party_id, participants, self._neighbors)
         x_of = {holder: self._x_coordinates[holder] for holder in holders}
         threshold = self.config.threshold
 
         self_seed = os.urandom(SEED_BYTES)
-        masked = quantized + expand_mask(self_seed, length, bits)
+        masked = quantized
+        add_mask(masked, self_seed)
         shares: dict[str, dict[str, Any]] = {h: {"pairs": {}} for h in holders}
         for holder, y in _split(self_seed, threshold, x_of).items():
             shares[holder]["self"] = y
@@ -740,11 +740,7 @@ class AgentSession:
         commitments: dict[str, bytes] = {}
         for peer in sorted(self._neighbors[self.party_id] & set(participants)):
             seed = self._pairwise_seed(round_number, nonce, peer)
-            mask = expand_mask(seed, length, bits)
-            if self.party_id < peer:
-                masked += mask
-            else:
-                masked -= mask
+            add_mask(masked, seed, subtract=self.party_id > peer)
             for holder, y in _split(seed, threshold, x_of).items():
                 shares[holder]["pairs"][peer] = y
             commitments[peer] = commitment(seed, *context, "pairwise", peer)

@@ -46,7 +46,7 @@ from secure_aggregation.messages import (
     RoundStart,
     UnmaskRequest,
 )
-from secure_aggregation.primitives import NONCE_BYTES, commitment, expand_mask
+from secure_aggregation.primitives import NONCE_BYTES, add_mask, commitment
 from secure_aggregation.quantization import Quantizer
 from secure_aggregation.rounds import (
     check_holder_counts,
@@ -307,7 +307,7 @@ class HubSession:
                 masked_input.self_mask_commitment,
                 (owner, "self-mask"),
             )
-            total -= expand_mask(seed, length, bits)
+            add_mask(total, seed, subtract=True)
             for peer in sorted(self._neighbors[owner] & set(open_round.dropped)):
                 seed = self._reconstruct(
                     open_round,
@@ -315,11 +315,8 @@ class HubSession:
                     masked_input.pairwise_commitments.get(peer, b""),
                     (owner, "pairwise", peer),
                 )
-                mask = expand_mask(seed, length, bits)
-                if owner < peer:
-                    total -= mask
-                else:
-                    total += mask
+                # The owner added this mask if its id sorts first, else subtracted.
+                add_mask(total, seed, subtract=owner < peer)
         if bits < 64:
             total &= np.uint64((1 << bits) - 1)
         logger.info(

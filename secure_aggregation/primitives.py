@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +34,8 @@ GCM_NONCE_BYTES = 12
 _PROTOCOL_TAG = b"healthfed-secagg-v1"
 _ZERO_NONCE = bytes(16)
 _zero_block = bytes(0)
+# One reusable keystream buffer per thread, so adding a mask allocates nothing.
+_buffers = threading.local()
 
 
 def encode_fields(*fields: str | bytes | int) -> bytes:
@@ -79,6 +82,34 @@ def expand_mask(
     if modulus_bits == 64:
         return words
     return words & np.uint64((1 << modulus_bits) - 1)
+
+
+def add_mask(
+    target: npt.NDArray[np.uint64], seed: bytes, subtract: bool = False
+) -> None:
+    """Add (or subtract) the 64-bit mask of ``seed`` to ``target`` in place.
+
+    The sum wraps modulo 2**64. Reducing the result modulo 2**k afterwards
+    equals adding ``expand_mask(seed, len(target), k)`` modulo 2**k, because
+    2**k divides 2**64.
+    """
+    global _zero_block
+    if len(seed) != SEED_BYTES:
+        raise ValueError(f"a seed has {SEED_BYTES} bytes: got {len(seed)}")
+    length = 8 * target.shape[0]
+    buffer: bytearray | None = getattr(_buffers, "keystream", None)
+    if buffer is None or len(buffer) < length:
+        buffer = bytearray(length)
+        _buffers.keystream = buffer
+    if len(_zero_block) < length:
+        _zero_block = bytes(length)
+    encryptor = Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor()
+    encryptor.update_into(memoryview(_zero_block)[:length], buffer)
+    mask = np.frombuffer(buffer, dtype="<u8", count=target.shape[0])
+    if subtract:
+        np.subtract(target, mask, out=target)
+    else:
+        np.add(target, mask, out=target)
 
 
 def derive_key(shared_secret: bytes, info: bytes, length: int = 32) -> bytes:

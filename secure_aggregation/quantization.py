@@ -70,15 +70,17 @@ class Quantizer:
                 "values contain NaN or infinite coordinates; fix the training "
                 "step that produced them"
             )
-        outside = int(np.count_nonzero(np.abs(array) > self.bound))
-        if outside:
+        if array.size and float(np.max(np.abs(array))) > self.bound:
+            outside = int(np.count_nonzero(np.abs(array) > self.bound))
             raise QuantizationRangeError(
                 f"{outside} coordinates lie outside the quantization range "
                 f"[-{self.bound}, {self.bound}]; clip the update with "
                 "clip_update before quantizing"
             )
-        integers = np.rint(array / self.step).astype(np.int64)
-        return integers.view(np.uint64) & self._residue_mask
+        integers = np.rint(array / self.step).astype(np.int64).view(np.uint64)
+        if self.modulus_bits < 64:
+            integers &= self._residue_mask
+        return integers
 
     def to_signed(self, residues: UIntArray) -> npt.NDArray[np.int64]:
         """Return ``residues`` modulo 2**k as signed integers."""

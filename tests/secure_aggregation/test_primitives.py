@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from secure_aggregation.errors import ShareDecryptionError
 from secure_aggregation.primitives import (
+    add_mask,
     decrypt,
     derive_key,
     encode_fields,
@@ -133,3 +134,22 @@ def test_decrypt_rejects_other_context() -> None:
     blob = encrypt(key, b"share", b"context")
     with pytest.raises(ShareDecryptionError):
         decrypt(key, blob, b"other context")
+
+
+@pytest.mark.parametrize("bits", [20, 64])
+def test_add_mask_matches_expand_mask(bits: int) -> None:
+    seed = bytes(range(32))
+    start = np.arange(100, dtype=np.uint64)
+    reduce = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
+    added = start.copy()
+    add_mask(added, seed)
+    expected = (start + expand_mask(seed, 100, bits)) & reduce
+    assert np.array_equal(added & reduce, expected)
+
+
+def test_add_mask_subtract_inverts() -> None:
+    values = np.arange(1000, dtype=np.uint64)
+    target = values.copy()
+    add_mask(target, bytes(32))
+    add_mask(target, bytes(32), subtract=True)
+    assert np.array_equal(target, values)
