@@ -7,6 +7,7 @@ imputation and missing indicators from the declared missing policy.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,7 +112,7 @@ class FeatureEncoder:
                 f"label column '{label.column}' has a missing or unmapped value at "
                 f"row {first}; validate the file before encoding"
             )
-        return indices.to_numpy(dtype=np.int64)
+        return np.asarray(indices.to_numpy(dtype=np.int64), dtype=np.int64)
 
     def _encode(self, block: _Block, frame: pd.DataFrame) -> np.ndarray:
         column = block.column
@@ -155,13 +156,11 @@ def _encode_values(
             numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
             if missing.any():
                 numbers = np.where(missing, float(fill), numbers)  # type: ignore[arg-type]
-            return (numbers[:, None] == np.array(codes, dtype=np.float64)).astype(
-                np.float64
-            )
+            one_hot = numbers[:, None] == np.array(codes, dtype=np.float64)
+            return np.asarray(one_hot, dtype=np.float64)
         text = values.astype(object).where(~missing, str(fill)).astype(str)
-        return (text.to_numpy()[:, None] == np.array([str(c) for c in codes])).astype(
-            np.float64
-        )
+        one_hot = text.to_numpy()[:, None] == np.array([str(c) for c in codes])
+        return np.asarray(one_hot, dtype=np.float64)
     if isinstance(column, BooleanColumn):
         numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
         return np.where(missing, float(bool(fill)), numbers)[:, None]
@@ -171,11 +170,12 @@ def _encode_values(
         assert scaling.max is not None
         stamps = pd.to_datetime(values).to_numpy(dtype="datetime64[ns]")
         if missing.any():
-            stamps = np.where(missing, np.datetime64(fill), stamps)
+            assert isinstance(fill, dt.datetime)
+            stamps = np.where(missing, np.datetime64(fill, "ns"), stamps)
         low = np.datetime64(scaling.min, "ns")
         span = (np.datetime64(scaling.max, "ns") - low) / np.timedelta64(1, "D")
         days = (stamps - low) / np.timedelta64(1, "D")
-        return (days / span)[:, None]
+        return np.asarray(days / span, dtype=np.float64)[:, None]
     if isinstance(column, IntegerColumn | NumberColumn):
         numeric_range = column.scaling_range()
         assert numeric_range is not None
@@ -183,9 +183,8 @@ def _encode_values(
         numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
         if missing.any():
             numbers = np.where(missing, float(fill), numbers)  # type: ignore[arg-type]
-        return (
-            (numbers - numeric_range.min) / (numeric_range.max - numeric_range.min)
-        )[:, None]
+        width = numeric_range.max - numeric_range.min
+        return np.asarray((numbers - numeric_range.min) / width)[:, None]
     raise ValueError(f"column '{column.name}' of type '{column.type}' is not encoded")
 
 

@@ -142,5 +142,5 @@ def _child(node: yaml.Node | None, key: int | str) -> yaml.Node | None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(key):
-                return value_node
+                return value_node  # type: ignore[no-any-return]
     return None

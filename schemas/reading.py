@@ -12,7 +12,9 @@ import codecs
 import csv
 import logging
 import os
+import queue
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,7 @@ from schemas.model import (
 logger = logging.getLogger(__name__)
 
 SNIFF_BYTES = 64 * 1024
-DEFAULT_CHUNK_ROWS = 500_000
+DEFAULT_CHUNK_ROWS = 200_000
 _DELIMITERS = ",;\t|"
 _BLOCK_BYTES = 16 * 1024 * 1024
 _BOMS = (
@@ -314,6 +316,55 @@ def iter_csv_chunks(
 def _first_line_of(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[-1] if text else type(exc).__name__
+
+
+def prefetch(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """Yield ``chunks`` while a background thread parses the next one.
+
+    pandas' C parser releases the GIL while it tokenizes, so on two or more cores
+    parsing chunk n+1 overlaps with checking chunk n. At most one parsed chunk
+    waits in memory. An exception in the parser is raised in the caller.
+    """
+    slots: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def offer(item: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not offer(("chunk", chunk)):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises
+            offer(("error", exc))
+            return
+        offer(("done", None))
+
+    thread = threading.Thread(target=produce, name="chunk-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "error":
+                assert isinstance(value, BaseException)
+                raise value
+            if kind == "done":
+                return
+            assert isinstance(value, Chunk)
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def open_parquet(path: Path, schema: Schema) -> TableSource:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,13 @@ from schemas.errors import (
     SchemaInputError,
     UnreadableFileError,
 )
-from schemas.model import Schema
+from schemas.model import (
+    BooleanColumn,
+    Column,
+    DateColumn,
+    IdentifierColumn,
+    Schema,
+)
 from schemas.reading import (
     Chunk,
     CsvOptions,
@@ -38,6 +45,7 @@ from schemas.reading import (
     iter_parquet_chunks,
     open_csv,
     open_parquet,
+    prefetch,
 )
 
 __all__ = [
@@ -223,10 +231,12 @@ def _open_source(path: Path, schema: Schema, options: CsvOptions) -> TableSource
     return source
 
 
-def _chunks(source: TableSource, schema: Schema, options: CsvOptions) -> Any:
+def _chunks(
+    source: TableSource, schema: Schema, options: CsvOptions
+) -> Iterator[Chunk]:
     if source.kind == "parquet":
-        return iter_parquet_chunks(source, schema, options.chunk_rows)
-    return iter_csv_chunks(source, schema, options.chunk_rows)
+        return prefetch(iter_parquet_chunks(source, schema, options.chunk_rows))
+    return prefetch(iter_csv_chunks(source, schema, options.chunk_rows))
 
 
 class _QuarantineWriter:
@@ -380,14 +390,17 @@ def _validate_chunk(
 
     empty = np.logical_and.reduce([check.missing for check in checks.values()])
     reasons = _ReasonBuilder(rows)
+    rejected_missing = np.zeros(rows, dtype=bool)
     for column in schema.columns:
         check = checks[column.name]
-        name = column.name
-        reasons.add(check.wrong_type, f"{name}: wrong type for '{column.type}'")
-        reasons.add(check.invalid_code, f"{name}: code not in the declared codes")
-        reasons.add(check.out_of_range, f"{name}: outside the hard range")
+        reasons.add(check.wrong_type, _wrong_type_reason(column))
+        reasons.add(check.invalid_code, _invalid_code_reason(column))
+        reasons.add(check.out_of_range, f"{column.name}: outside the hard range")
         if column.missing.action == "reject":
-            reasons.add(check.missing, f"{name}: missing (rejected by the schema)")
+            reasons.add(
+                check.missing, f"{column.name}: missing (rejected by the schema)"
+            )
+            rejected_missing |= check.missing
     typed = pd.DataFrame(
         {name: check.values for name, check in checks.items()}, index=frame.index
     )
@@ -403,11 +416,26 @@ def _validate_chunk(
     report.accepted_rows += int(rows - quarantined.sum())
     report.duplicate_rows += int((duplicate_mask & ~empty).sum())
     report.empty_rows += int(empty.sum())
+    report.rejected_missing_rows += int((rejected_missing & ~empty).sum())
     _write_quarantine(chunk, quarantined, reasons, writer, line_reader, source)
 
     accepted = typed.loc[~quarantined]
     accepted.index = pd.Index(chunk.lines[~quarantined], name="line")
     return accepted
+
+
+def _wrong_type_reason(column: Column) -> str:
+    if isinstance(column, DateColumn):
+        return f"{column.name}: not a {column.type} in format '{column.format}'"
+    if isinstance(column, IdentifierColumn):
+        return f"{column.name}: does not match the declared pattern"
+    return f"{column.name}: not a valid {column.type}"
+
+
+def _invalid_code_reason(column: Column) -> str:
+    if isinstance(column, BooleanColumn):
+        return f"{column.name}: not one of the declared true or false values"
+    return f"{column.name}: code not in the declared codes"
 
 
 def _require_mapped_labels(
@@ -481,7 +509,7 @@ class _ReasonBuilder:
         if self._override is not None:
             mask, text = self._override
             joined = joined.where(~mask[selected], text)
-        return joined.tolist()
+        return [str(text) for text in joined.tolist()]
 
 
 def _write_quarantine(

@@ -1,0 +1,181 @@
+"""Validation throughput on a 1,000,000-row, 14-column CSV with 1% bad values.
+
+Compares, in one run and on the same data:
+
+- pandas alone: ``pd.read_csv`` of the file (C engine, types inferred);
+- the whole validation (``validate_file``: read, check, deduplicate, quarantine);
+- our checks on an in-memory DataFrame, and pandera's lazy validation of the
+  same checks (ranges, codes, missing rules, duplicate rows) on the same frame.
+
+Run: ``.venv/bin/python benchmarks/bench_validation.py [--rows N] [--repeats R]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from schemas import HEART_DISEASE_SCHEMA_PATH, load_schema
+from schemas.model import CategoricalColumn, IntegerColumn, NumberColumn, Schema
+from schemas.reading import Chunk, CsvOptions, TableSource
+from schemas.validation import (
+    ColumnCounts,
+    ValidationReport,
+    _DuplicateTracker,
+    _QuarantineWriter,
+    _validate_chunk,
+    validate_file,
+)
+
+BAD_FRACTION = 0.01
+
+
+def make_csv(path: Path, rows: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(29, 78, rows).astype(str),
+            "sex": rng.integers(0, 2, rows).astype(str),
+            "cp": rng.integers(1, 5, rows).astype(str),
+            "trestbps": rng.integers(94, 200, rows).astype(str),
+            "chol": rng.integers(126, 564, rows).astype(str),
+            "fbs": rng.integers(0, 2, rows).astype(str),
+            "restecg": rng.integers(0, 3, rows).astype(str),
+            "thalach": rng.integers(71, 202, rows).astype(str),
+            "exang": rng.integers(0, 2, rows).astype(str),
+            "oldpeak": np.round(rng.uniform(-2, 6, rows), 1).astype(str),
+            "slope": rng.integers(1, 4, rows).astype(str),
+            "ca": rng.integers(0, 4, rows).astype(str),
+            "thal": rng.choice(["3", "6", "7"], rows),
+            "num": rng.integers(0, 5, rows).astype(str),
+        }
+    )
+    # 1% of rows get one bad cell: out of range, invalid code, text, or '?'.
+    bad_rows = rng.choice(rows, int(rows * BAD_FRACTION), replace=False)
+    kinds = rng.integers(0, 4, len(bad_rows))
+    frame.loc[bad_rows[kinds == 0], "thalach"] = "400"
+    frame.loc[bad_rows[kinds == 1], "cp"] = "9"
+    frame.loc[bad_rows[kinds == 2], "chol"] = "high"
+    frame.loc[bad_rows[kinds == 3], "age"] = "?"
+    frame.to_csv(path, header=False, index=False)
+
+
+def pandera_schema(schema: Schema) -> pa.DataFrameSchema:
+    """Build the pandera equivalent of the schema's checks."""
+    columns = {}
+    for column in schema.columns:
+        checks = []
+        if isinstance(column, IntegerColumn | NumberColumn):
+            bounds = column.hard_range
+            if bounds is not None:
+                checks.append(pa.Check.in_range(bounds.min, bounds.max))
+            markers = [float(m) for m in column.missing_values]
+            if markers:
+                checks.append(pa.Check.notin(markers, ignore_na=True))
+        elif isinstance(column, CategoricalColumn):
+            checks.append(pa.Check.isin([float(c) for c in column.codes]))
+        else:
+            checks.append(pa.Check.isin([0.0, 1.0]))
+        columns[column.name] = pa.Column(
+            float,
+            checks=checks,
+            nullable=column.missing.action != "reject",
+            coerce=True,
+        )
+    return pa.DataFrameSchema(columns, unique=list(schema.column_names))
+
+
+def time_runs(function, repeats: int) -> list[float]:
+    durations = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+def our_checks(frame: pd.DataFrame, schema: Schema, path: Path) -> None:
+    source = TableSource(path, "csv", "utf-8", ",", False, schema.column_names)
+    report = ValidationReport(
+        file=str(path),
+        file_format="csv",
+        schema_name=schema.name,
+        schema_version=schema.version,
+        schema_hash="",
+        encoding="utf-8",
+        delimiter=",",
+        header=False,
+        columns={name: ColumnCounts() for name in schema.column_names},
+    )
+    chunk = Chunk(frame=frame, lines=np.arange(1, len(frame) + 1))
+    tracker = _DuplicateTracker(schema, source, CsvOptions())
+    _validate_chunk(
+        chunk, schema, source, report, tracker, _QuarantineWriter(None), None
+    )
+
+
+def pandera_checks(frame: pd.DataFrame, checker: pa.DataFrameSchema) -> None:
+    try:
+        checker.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    schema = load_schema(HEART_DISEASE_SCHEMA_PATH)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "records.csv"
+        make_csv(path, args.rows)
+        quarantine = Path(folder) / "quarantine.csv"
+        names = list(schema.column_names)
+        read_frame = pd.read_csv(
+            path,
+            header=None,
+            names=names,
+            keep_default_na=False,
+            na_values=["?", "", "NA"],
+        )
+        checker = pandera_schema(schema)
+        runs = {
+            "pandas read_csv alone": time_runs(
+                lambda: pd.read_csv(path, header=None), args.repeats
+            ),
+            "validate_file (whole command)": time_runs(
+                lambda: validate_file(path, schema, quarantine, keep_accepted=False),
+                args.repeats,
+            ),
+            "our checks on the DataFrame": time_runs(
+                lambda: our_checks(read_frame, schema, path), args.repeats
+            ),
+            "pandera lazy on the DataFrame": time_runs(
+                lambda: pandera_checks(read_frame, checker), args.repeats
+            ),
+        }
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    print(f"rows: {args.rows}, repeats: {args.repeats} (median seconds)")
+    for name, seconds in medians.items():
+        print(f"{name:32s} {seconds:8.3f} s {args.rows / seconds:12,.0f} rows/s")
+    read = medians["pandas read_csv alone"]
+    print(
+        "validate_file / pandas read: "
+        f"{medians['validate_file (whole command)'] / read:.2f}x"
+    )
+    print(
+        "our checks throughput / pandera: "
+        f"{medians['pandera lazy on the DataFrame'] / medians['our checks on the DataFrame']:.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
