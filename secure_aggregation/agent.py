@@ -152,6 +152,9 @@ class AgentSession:
         self._used_nonces: set[bytes] = set()
         self._pending: _PendingRound | None = None
         self.last_update_clipped: bool | None = None
+        # X25519 results by (purpose, peer, own epoch, peer epoch), kept with
+        # the peer key they came from. Memory only: never persisted.
+        self._derived_keys: dict[tuple[str, str, int, int], tuple[bytes, bytes]] = {}
 
     @classmethod
     def create(
@@ -255,9 +258,7 @@ class AgentSession:
         Raises KeyConfirmationError, UnknownPartyError or InsufficientPartiesError.
         """
         if self._setup.transcript is None:
-            raise ProtocolStateError(
-                "receive_confirmations needs confirm_keys first"
-            )
+            raise ProtocolStateError("receive_confirmations needs confirm_keys first")
         document = from_json_bytes(CONFIRMATION_BUNDLE_FORMAT, bundle)
         if get_str(document, "study_id") != self.study_id:
             raise KeyConfirmationError("confirmation bundle is for another study")
@@ -280,6 +281,7 @@ class AgentSession:
         """
         self._share_key = X25519PrivateKey.generate()
         self._masking_key = X25519PrivateKey.generate()
+        self._derived_keys = {}
         self.epoch += 1
         self._setup = _SetupState()
         logger.info(
@@ -606,9 +608,7 @@ class AgentSession:
                 f"advertisement: {unknown}"
             )
         if self.party_id not in key_set:
-            raise KeyConfirmationError(
-                f"key set omits party {self.party_id!r} itself"
-            )
+            raise KeyConfirmationError(f"key set omits party {self.party_id!r} itself")
         if len(key_set) < max(MIN_PARTIES, self.config.threshold):
             raise InsufficientPartiesError(
                 f"key set has {len(key_set)} parties; a study needs at least "
@@ -643,9 +643,15 @@ class AgentSession:
         )
 
     def _share_encryption_key(self, peer: KeyAdvertisement) -> bytes:
-        secret = agree(self._share_key, peer.share_public_key)
-        pair = sorted([(self.party_id, self.epoch), (peer.party_id, peer.epoch)])
-        return share_encryption_key(secret, self.study_id, pair)
+        cache_key = ("share", peer.party_id, self.epoch, peer.epoch)
+        cached = self._derived_keys.get(cache_key)
+        if cached is None or cached[0] != peer.share_public_key:
+            secret = agree(self._share_key, peer.share_public_key)
+            pair = sorted([(self.party_id, self.epoch), (peer.party_id, peer.epoch)])
+            key = share_encryption_key(secret, self.study_id, pair)
+            cached = (peer.share_public_key, key)
+            self._derived_keys[cache_key] = cached
+        return cached[1]
 
     # Helpers of a round.
 
@@ -750,7 +756,13 @@ class AgentSession:
 
     def _pairwise_seed(self, round_number: int, nonce: bytes, peer: str) -> bytes:
         advertisement = self._setup.peers[peer]
-        secret = agree(self._masking_key, advertisement.masking_public_key)
+        cache_key = ("masking", peer, self.epoch, advertisement.epoch)
+        cached = self._derived_keys.get(cache_key)
+        if cached is None or cached[0] != advertisement.masking_public_key:
+            agreed = agree(self._masking_key, advertisement.masking_public_key)
+            cached = (advertisement.masking_public_key, agreed)
+            self._derived_keys[cache_key] = cached
+        secret = cached[1]
         pair = sorted([(self.party_id, self.epoch), (peer, advertisement.epoch)])
         return pairwise_mask_seed(secret, self.study_id, round_number, nonce, pair)
 
@@ -812,8 +824,7 @@ class AgentSession:
             )
         if nonce != pending.nonce:
             raise ReplayError(
-                f"unmask request for round {round_number} carries another "
-                "round's nonce"
+                f"unmask request for round {round_number} carries another round's nonce"
             )
         participants = set(pending.participants)
         survivor_set = set(survivors)
@@ -821,8 +832,7 @@ class AgentSession:
         unknown = sorted((survivor_set | dropped_set) - participants)
         if unknown:
             raise UnknownPartyError(
-                f"unmask request names parties outside round {round_number}: "
-                f"{unknown}"
+                f"unmask request names parties outside round {round_number}: {unknown}"
             )
         overlap = sorted(survivor_set & dropped_set)
         if overlap:
