@@ -233,24 +233,26 @@ def _verify_rows(
 
     entries: list[LedgerEntry] = []
     prev_hash = GENESIS_HASH
-    for seq, body, entry_hash, signature, spend_key in parsed:
-        if body["seq"] != seq:
+    for seq, fields, entry_hash, signature, spend_key in parsed:
+        if fields["seq"] != seq:
             raise LedgerIntegrityError(
-                "edited", body["seq"], f"its index was changed to {seq}"
+                "edited", fields["seq"], f"its index was changed to {seq}"
             )
-        if body["prev_hash"] != prev_hash:
+        if fields["prev_hash"] != prev_hash:
             raise LedgerIntegrityError(
                 "deleted",
                 seq,
                 "its previous-entry hash does not match the entry "
                 "before it, so an entry was removed or replaced",
             )
-        if party_id is not None and body["party_id"] != party_id:
+        if party_id is not None and fields["party_id"] != party_id:
             raise LedgerIntegrityError(
-                "wrong_party", seq, f"written by {body['party_id']!r}, not {party_id!r}"
+                "wrong_party",
+                seq,
+                f"written by {fields['party_id']!r}, not {party_id!r}",
             )
-        payload = body["payload"]
-        if body["kind"] == SPEND:
+        payload = fields["payload"]
+        if fields["kind"] == SPEND:
             key = _spend_key(
                 payload["study_id"],
                 payload["round"],
@@ -264,11 +266,11 @@ def _verify_rows(
         entries.append(
             LedgerEntry(
                 seq=seq,
-                party_id=body["party_id"],
-                kind=body["kind"],
+                party_id=fields["party_id"],
+                kind=fields["kind"],
                 payload=payload,
-                created_at=body["created_at"],
-                prev_hash=body["prev_hash"],
+                created_at=fields["created_at"],
+                prev_hash=fields["prev_hash"],
                 entry_hash=entry_hash,
                 signature=signature,
             )
@@ -350,7 +352,7 @@ class Ledger:
             "SELECT seq, entry_hash FROM entries ORDER BY seq DESC LIMIT 1"
         ).fetchone()
         seq, prev_hash = (row[0] + 1, row[1]) if row else (1, GENESIS_HASH)
-        body = {
+        body: dict[str, Any] = {
             "v": FORMAT_VERSION,
             "seq": seq,
             "party_id": self.party_id,
@@ -545,6 +547,34 @@ class Ledger:
         return str(row[0]) if row else GENESIS_HASH
 
     @staticmethod
+    def read_verified(
+        path: str | Path,
+        public_key: Ed25519PublicKey,
+        *,
+        party_id: str | None = None,
+    ) -> list[LedgerEntry]:
+        """Read and verify every entry of a ledger file, read-only.
+
+        Raises:
+            LedgerIntegrityError: names the first faulty entry and the kind.
+            LedgerError: the file is missing or not a ledger.
+
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise LedgerError(f"ledger file {path} not found")
+        uri = f"file:{path.resolve()}?mode=ro"
+        try:
+            connection = sqlite3.connect(uri, uri=True)
+            try:
+                rows = _read_rows(connection)
+            finally:
+                connection.close()
+        except sqlite3.DatabaseError as error:
+            raise LedgerError(f"{path} is not a readable ledger: {error}") from None
+        return _verify_rows(rows, public_key, party_id)
+
+    @staticmethod
     def verify(
         path: str | Path,
         public_key: Ed25519PublicKey,
@@ -568,18 +598,7 @@ class Ledger:
 
         """
         path = Path(path)
-        if not path.is_file():
-            raise LedgerError(f"ledger file {path} not found")
-        uri = f"file:{path.resolve()}?mode=ro"
-        try:
-            connection = sqlite3.connect(uri, uri=True)
-            try:
-                rows = _read_rows(connection)
-            finally:
-                connection.close()
-        except sqlite3.DatabaseError as error:
-            raise LedgerError(f"{path} is not a readable ledger: {error}") from None
-        entries = _verify_rows(rows, public_key, party_id)
+        entries = Ledger.read_verified(path, public_key, party_id=party_id)
         head = entries[-1].entry_hash if entries else GENESIS_HASH
         if expected_head_hash is not None and expected_head_hash not in {
             e.entry_hash for e in entries
