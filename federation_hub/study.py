@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from federation_hub.aggregation import FedAvg
@@ -76,6 +76,12 @@ class StudyResult:
 
 
 ProgressCallback = Callable[[str, Any], None]
+
+
+def _model_record(parameters: Parameters) -> ArrayRecord:
+    return ArrayRecord(
+        {name: Array(np.ascontiguousarray(value)) for name, value in parameters.items()}
+    )
 
 
 def _parameters_hash(parameters: Parameters) -> str:
@@ -374,7 +380,7 @@ class StudyRunner:
     def _send_train(
         self, instructions: dict[str, RoundInstruction], parameters: Parameters
     ) -> dict[str, Message]:
-        model_record = ArrayRecord({k: np.ascontiguousarray(v) for k, v in parameters.items()})
+        model_record = _model_record(parameters)
         training_record = ConfigRecord(wire.encode_training(self.policy.training))
         messages = []
         for hospital_id, instruction in instructions.items():
@@ -471,7 +477,7 @@ class StudyRunner:
         return ""
 
     def _evaluate(self, parameters: Parameters) -> dict[str, dict[str, float]]:
-        model_record = ArrayRecord({k: np.ascontiguousarray(v) for k, v in parameters.items()})
+        model_record = _model_record(parameters)
         training_record = ConfigRecord(wire.encode_training(self.policy.training))
         messages = [
             Message(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from policies import wire
@@ -83,7 +83,9 @@ def parameters_from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def record_from_parameters(parameters: dict[str, np.ndarray]) -> ArrayRecord:
     """Return an ArrayRecord keeping the parameter names."""
-    return ArrayRecord({name: np.ascontiguousarray(v) for name, v in parameters.items()})
+    return ArrayRecord(
+        {name: Array(np.ascontiguousarray(v)) for name, v in parameters.items()}
+    )
 
 
 app = ClientApp()

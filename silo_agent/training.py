@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,7 +141,13 @@ def train_dp_sgd(
                     logits, targets[batch]
                 )
                 loss_value = float(loss.detach())
-            loss.backward()
+            with warnings.catch_warnings():
+                # Opacus's per-sample hooks sit on the first layer, whose input
+                # (the records) needs no gradient, so PyTorch warns on every step.
+                warnings.filterwarnings(
+                    "ignore", message="Full backward hook is firing", category=UserWarning
+                )
+                loss.backward()
             optimizer.step()
             batch_sizes.append(len(batch))
 

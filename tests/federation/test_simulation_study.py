@@ -10,8 +10,10 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from federation_hub.config import load_hub_config
+from federation_hub.demo import create_demo_federation
 from federation_hub.report import REPORT_FILE
 from federation_hub.simulation import run_simulation_study
+from federation_hub.study import StudyResult
 from policies.identity import load_private_key
 from policies.ledger import Ledger
 from policies.models import load_study_policy
@@ -23,7 +25,7 @@ HOSPITALS = ["cleveland", "hungarian", "switzerland", "va"]
 def _two_rounds(document: dict[str, Any]) -> None:
     document["rounds"] = 2
     document["dp"].pop("target_epsilon", None)
-    document["dp"]["noise_multiplier"] = 2.0
+    document["dp"]["noise_multiplier"] = 3.0
     document["secure_aggregation"] = False
 
 
@@ -39,14 +41,21 @@ def _hospital_ledger(folder: Path, hospital: str) -> Ledger:
     return Ledger.open(folder / "hospitals" / hospital / "state" / "ledger.sqlite", hospital, key)
 
 
-def test_study_two_rounds_real_records(demo_federation: Path) -> None:
-    edit_yaml(demo_federation / "study.yaml", _two_rounds)
-    _relax_hospitals(demo_federation)
+@pytest.fixture(scope="module")
+def two_round_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StudyResult]:
+    """One two-round study of the four hospitals, shared by the tests below."""
+    folder = create_demo_federation(tmp_path_factory.mktemp("study") / "federation")
+    edit_yaml(folder / "study.yaml", _two_rounds)
+    _relax_hospitals(folder)
+    return folder, run_simulation_study(folder)
 
-    result = run_simulation_study(demo_federation)
+
+def test_study_two_rounds_real_records(two_round_study: tuple[Path, StudyResult]) -> None:
+    demo_federation, result = two_round_study
 
     assert len(result.rounds) == 2
     for outcome in result.rounds:
+        assert outcome.rejected == {}
         assert sorted(outcome.trained) == HOSPITALS
         assert sorted(outcome.metrics) == HOSPITALS
         assert 0.0 <= outcome.mean_accuracy <= 1.0
@@ -57,13 +66,12 @@ def test_study_two_rounds_real_records(demo_federation: Path) -> None:
     assert all(row["rounds_joined"] == 2 for row in report["budget"])
 
 
-def test_epsilon_matches_opacus_accountant(demo_federation: Path) -> None:
-    edit_yaml(demo_federation / "study.yaml", _two_rounds)
-    _relax_hospitals(demo_federation)
+def test_epsilon_matches_opacus_accountant(
+    two_round_study: tuple[Path, StudyResult],
+) -> None:
+    demo_federation, result = two_round_study
     policy = load_study_policy(demo_federation / "study.yaml")
     dp = policy.dp_parameters()
-
-    result = run_simulation_study(demo_federation)
 
     # Opacus's own accountant, fed the same history of both rounds.
     accountant = RDPAccountant()
