@@ -214,7 +214,7 @@ class AgentSession:
         return advertisement.to_bytes()
 
     def confirm_keys(self, bundle: bytes) -> dict[str, bytes]:
-        """Verify the hub's advertisement bundle; return a confirmation per peer.
+        """Verify the hub's advertisement bundle and return a confirmation per peer.
 
         Raises InvalidSignatureError, UnknownPartyError, KeyEpochError or
         MalformedMessageError, and keeps no part of a bundle that fails.
@@ -224,7 +224,7 @@ class AgentSession:
         if own is None or not self._is_current(own):
             raise KeyConfirmationError(
                 f"advertisement bundle lacks the current keys of party "
-                f"{self.party_id!r}; the hub must relay every advertisement it got"
+                f"{self.party_id!r}. The hub must relay every advertisement it received"
             )
         transcript = _transcript_digest(advertisements)
         confirmations: dict[str, bytes] = {}
@@ -310,7 +310,7 @@ class AgentSession:
 
         The delta is clipped to L2 norm ``clipping_range`` first, and
         ``last_update_clipped`` records whether that changed it. ``weight`` is
-        an integer in [1, max_weight]; use ``config.weight_for``.
+        an integer in [1, max_weight], as ``config.weight_for`` returns.
 
         Raises:
             ProtocolStateError: The study setup has not finished.
@@ -564,8 +564,8 @@ class AgentSession:
             self._check_advertisement(advertisement)
             if advertisement.party_id in advertisements:
                 raise KeyEpochError(
-                    f"bundle holds two advertisements of party "
-                    f"{advertisement.party_id!r}; the hub must relay one per party"
+                    f"bundle contains two advertisements of party "
+                    f"{advertisement.party_id!r}. The hub must relay one per party"
                 )
             advertisements[advertisement.party_id] = advertisement
         return advertisements
@@ -611,7 +611,7 @@ class AgentSession:
             raise KeyConfirmationError(f"key set omits party {self.party_id!r} itself")
         if len(key_set) < max(MIN_PARTIES, self.config.threshold):
             raise InsufficientPartiesError(
-                f"key set has {len(key_set)} parties; a study needs at least "
+                f"key set has {len(key_set)} parties, but a study needs at least "
                 f"max(3, threshold={self.config.threshold})"
             )
         assert self._setup.transcript is not None
@@ -663,10 +663,11 @@ class AgentSession:
             raise ProtocolStateError(
                 "mask_update needs a finished study setup (receive_confirmations)"
             )
+
         if round_number <= self._last_round:
             raise StaleRoundError(
                 f"round {round_number} is not after the last round "
-                f"{self._last_round}; the hub must open a new round"
+                f"{self._last_round}. The hub must open a new round"
             )
         if len(nonce) != NONCE_BYTES:
             raise MalformedMessageError(
@@ -676,6 +677,7 @@ class AgentSession:
             raise ReplayError(
                 f"the nonce of round {round_number} was used in an earlier round"
             )
+
         participant_list = sorted(set(participants))
         if len(participant_list) != len(participants):
             raise MalformedMessageError("participant list repeats a party")
@@ -699,8 +701,9 @@ class AgentSession:
         expected = (self.config.model_size,)
         if values.shape != expected:
             raise ShapeMismatchError(
-                f"update has shape {values.shape}, the global model {expected}; "
-                "flatten the delta of the study's model"
+                f"update has shape {values.shape}, but the global model has "
+                f"{expected}. "
+                "Flatten the delta of the study's model"
             )
         largest = self.config.fixed_weight or self.config.max_weight
         if (
@@ -709,8 +712,8 @@ class AgentSession:
             or not 1 <= int(weight) <= largest
         ):
             raise ValueError(
-                f"weight must be an integer in [1, {largest}]: got {weight!r}; "
-                "use config.weight_for(record_count)"
+                f"weight must be an integer in [1, {largest}]: got {weight!r}. "
+                "Use config.weight_for(record_count)"
             )
         if self.config.fixed_weight is not None and weight != self.config.fixed_weight:
             raise ValueError(
@@ -814,7 +817,7 @@ class AgentSession:
                     f"{self.party_id!r}"
                 )
             raise StaleRoundError(
-                f"no round is open at party {self.party_id!r}; got an unmask "
+                f"no round is open at party {self.party_id!r}, but got an unmask "
                 f"request for round {round_number}"
             )
         if round_number != pending.round_number:
@@ -839,6 +842,7 @@ class AgentSession:
             raise OverlappingPartyListsError(
                 f"parties listed as both surviving and dropped: {overlap}"
             )
+
         if (
             len(survivor_set) != len(survivors)
             or len(dropped_set) != len(dropped)
@@ -851,7 +855,7 @@ class AgentSession:
             )
         if len(survivor_set) < max(MIN_PARTIES, self.config.threshold):
             raise InsufficientSurvivorsError(
-                f"{len(survivor_set)} survivors in round {round_number}; unmasking "
+                f"{len(survivor_set)} survivors in round {round_number}, but unmasking "
                 f"needs at least max(3, threshold={self.config.threshold})"
             )
         return pending

@@ -10,8 +10,8 @@ from secure_aggregation.errors import ModulusTooSmallError
 
 logger = logging.getLogger(__name__)
 
-#: Fewest parties in one secure round. With two, each party learns the other's
-#: update by subtracting its own from the sum.
+#: Minimum number of parties in one secure round. With two, each party learns
+#: the other's update by subtracting its own from the sum.
 MIN_PARTIES = 3
 
 
@@ -63,13 +63,13 @@ class SecureAggregationConfig(BaseModel):
         if self.fixed_weight is not None and self.fixed_weight > self.max_weight:
             raise ValueError(
                 f"fixed_weight must not exceed max_weight: got fixed_weight="
-                f"{self.fixed_weight}, max_weight={self.max_weight}; raise "
+                f"{self.fixed_weight}, max_weight={self.max_weight}. Raise "
                 "max_weight or lower fixed_weight"
             )
         if self.neighbors is not None and self.neighbors % 2 == 1:
             raise ValueError(
                 f"neighbors must be even (a circulant graph of odd degree needs an "
-                f"even party count): got {self.neighbors}; use {self.neighbors + 1}"
+                f"even party count): got {self.neighbors}. Use {self.neighbors + 1}"
             )
         return self
 
@@ -91,7 +91,7 @@ class SecureAggregationConfig(BaseModel):
         """
         if record_count < 1:
             raise ValueError(
-                f"record_count must be at least 1: got {record_count}; a party "
+                f"record_count must be at least 1: got {record_count}. A party "
                 "without records must not join the round"
             )
         if self.fixed_weight is not None:
@@ -116,7 +116,7 @@ class SecureAggregationConfig(BaseModel):
                 f"modulus_bits={self.modulus_bits} cannot hold the sum of "
                 f"{party_count} parties: party_count * max_weight * "
                 f"quantization_levels = {largest_sum} must be below "
-                f"2**(modulus_bits - 1); raise modulus_bits, or lower max_weight "
+                f"2**(modulus_bits - 1). Raise modulus_bits, or lower max_weight "
                 "or quantization_levels"
             )
 

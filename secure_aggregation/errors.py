@@ -69,7 +69,7 @@ class ProtocolStateError(SecureAggregationError):
 
 
 class RoundAbortedError(SecureAggregationError):
-    """The hub stopped a round or the study setup; the message gives the reason."""
+    """The hub stopped a round or the study setup, for the reason in the message."""
 
 
 class QuantizationRangeError(ValueError, SecureAggregationError):

@@ -27,9 +27,7 @@ def neighbor_map(
         return {party: everyone - {party} for party in parties}
     order = sorted(
         parties,
-        key=lambda party: hashlib.sha256(
-            f"{study_id}\x00{party}".encode()
-        ).digest(),
+        key=lambda party: hashlib.sha256(f"{study_id}\x00{party}".encode()).digest(),
     )
     count = len(order)
     result: dict[str, frozenset[str]] = {}

@@ -1,9 +1,9 @@
 """Hub-side state machine of the secure-aggregation protocol.
 
-The hub relays advertisements, key confirmations and share bundles it cannot
-read, collects masked inputs, and reconstructs from the survivors' shares only
-what removes the masks from the sum: each survivor's self-mask seed and the
-pairwise seeds between survivors and dropped parties.
+The hub relays advertisements, key confirmations and share bundles that it
+cannot read, and collects masked inputs. From the survivors' shares it
+reconstructs only the seeds whose masks remain in the sum: each survivor's
+self-mask seed and the pairwise seeds between survivors and dropped parties.
 """
 
 from __future__ import annotations
@@ -160,9 +160,7 @@ class HubSession:
         member. Raises RoundAbortedError when it has fewer than max(3,
         threshold) parties.
         """
-        members = {
-            party for party in self._advertisers if party in confirmations
-        }
+        members = {party for party in self._advertisers if party in confirmations}
         changed = True
         while changed:
             complete = {
@@ -199,7 +197,7 @@ class HubSession:
     def begin_round(
         self, round_number: int, participants: Sequence[str] | None = None
     ) -> RoundStart:
-        """Open a round with a fresh 32-byte nonce; default participants: key set.
+        """Open a round with a fresh 32-byte nonce (default participants: key set).
 
         Raises StaleRoundError, UnknownPartyError or InsufficientPartiesError.
         """
@@ -280,7 +278,7 @@ class HubSession:
         """Return the sum of the survivors' ``weight * delta`` and of their weights.
 
         Raises RoundAbortedError, naming the reason, when the responses do not
-        hold enough valid shares; the round is closed either way.
+        hold enough valid shares. The round is closed either way.
         """
         residues = self.unmask_residues(responses)
         total = self._quantizer.decode(residues[:-1])
@@ -294,11 +292,13 @@ class HubSession:
             raise ProtocolStateError("finalize needs collect_masked_inputs first")
         self._round = None
         shares = self._collect_shares(open_round, responses)
+
         length = self.config.model_size + 1
         bits = self.config.modulus_bits
         total = np.zeros(length, dtype=np.uint64)
         for party in open_round.survivors:
             total += open_round.inputs[party].masked_vector
+
         for owner in open_round.survivors:
             masked_input = open_round.inputs[owner]
             seed = self._reconstruct(
@@ -319,6 +319,7 @@ class HubSession:
                 add_mask(total, seed, subtract=owner < peer)
         if bits < 64:
             total &= np.uint64((1 << bits) - 1)
+
         logger.info(
             "round unmasked: study=%s round=%d survivors=%d responders=%d",
             self.study_id,

@@ -34,7 +34,7 @@ def clip_update(delta: FloatArray, clipping_range: float) -> ClipResult:
     values = np.asarray(delta, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise QuantizationRangeError(
-            "delta contains NaN or infinite coordinates; fix the training step "
+            "delta contains NaN or infinite coordinates. Fix the training step "
             "that produced it"
         )
     # einsum avoids the BLAS thread pool, whose start-up cost dominates
@@ -68,14 +68,14 @@ class Quantizer:
         array = np.asarray(values, dtype=np.float64)
         if not np.all(np.isfinite(array)):
             raise QuantizationRangeError(
-                "values contain NaN or infinite coordinates; fix the training "
+                "values contain NaN or infinite coordinates. Fix the training "
                 "step that produced them"
             )
         if array.size and float(np.max(np.abs(array))) > self.bound:
             outside = int(np.count_nonzero(np.abs(array) > self.bound))
             raise QuantizationRangeError(
                 f"{outside} coordinates lie outside the quantization range "
-                f"[-{self.bound}, {self.bound}]; clip the update with "
+                f"[-{self.bound}, {self.bound}]. Clip the update with "
                 "clip_update before quantizing"
             )
         integers = np.rint(array / self.step).astype(np.int64).view(np.uint64)
@@ -85,7 +85,10 @@ class Quantizer:
 
     def to_signed(self, residues: UIntArray) -> npt.NDArray[np.int64]:
         """Return ``residues`` modulo 2**k as signed integers."""
-        reduced = np.asarray(residues, dtype=np.uint64) & self._residue_mask
+        reduced = np.asarray(residues, dtype=np.uint64)
+        if self.modulus_bits == 64:
+            return reduced.view(np.int64)
+        reduced = reduced & self._residue_mask
         # Shifting the residue to the top bits and back with an arithmetic shift
         # extends its sign bit (bit k - 1).
         shift = 64 - self.modulus_bits

@@ -32,14 +32,13 @@ def evaluate_polynomial(coefficients: Sequence[int], x: int) -> int:
 def split_secret(
     secret: int, threshold: int, x_coordinates: Sequence[int]
 ) -> dict[int, int]:
-    """Split ``secret`` into one share per x coordinate; ``threshold`` recover it.
+    """Split ``secret`` into one share per x coordinate.
 
-    Coefficients come from the operating system's CSPRNG (``secrets``).
+    Any ``threshold`` of the shares recover the secret. Coefficients come from
+    the operating system's CSPRNG (``secrets``).
     """
     _check_split_arguments(secret, threshold, x_coordinates)
-    coefficients = [secret] + [
-        secrets.randbelow(PRIME) for _ in range(threshold - 1)
-    ]
+    coefficients = [secret] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
     return {x: evaluate_polynomial(coefficients, x) for x in x_coordinates}
 
 
@@ -81,9 +80,7 @@ def decode_share(data: bytes) -> tuple[int, int]:
     Raises ValueError on a wrong length, x = 0 or y outside the field.
     """
     if len(data) != SHARE_BYTES:
-        raise ValueError(
-            f"an encoded share has {SHARE_BYTES} bytes: got {len(data)}"
-        )
+        raise ValueError(f"an encoded share has {SHARE_BYTES} bytes: got {len(data)}")
     x = int.from_bytes(data[:2], "big")
     y = int.from_bytes(data[2:], "big")
     if x == 0 or y >= PRIME:
@@ -101,7 +98,7 @@ def _check_split_arguments(
     if len(x_coordinates) < threshold:
         raise ValueError(
             f"threshold={threshold} exceeds the number of shares "
-            f"{len(x_coordinates)}; lower the threshold or add share holders"
+            f"{len(x_coordinates)}. Lower the threshold or add share holders"
         )
     if len(set(x_coordinates)) != len(x_coordinates):
         raise ValueError("x coordinates must be distinct")
