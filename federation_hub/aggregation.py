@@ -26,7 +26,8 @@ class FedAvg:
     def __init__(self, server_learning_rate: float = 1.0) -> None:
         if not np.isfinite(server_learning_rate) or server_learning_rate <= 0:
             raise ValueError(
-                f"server_learning_rate must be finite and > 0, got {server_learning_rate}"
+                "server_learning_rate must be finite and > 0, got "
+                f"{server_learning_rate}"
             )
         self.server_learning_rate = server_learning_rate
 
@@ -36,10 +37,13 @@ class FedAvg:
         """Return the global model after applying the weighted mean of ``updates``."""
         total_weight = float(sum(weight for _, weight in updates))
         if not updates or total_weight <= 0:
-            raise ValueError("aggregation needs at least one update with positive weight")
+            raise ValueError(
+                "aggregation needs at least one update with positive weight"
+            )
         weighted_sum = {
             name: sum(
-                np.asarray(delta[name], dtype=np.float64) * weight for delta, weight in updates
+                np.asarray(delta[name], dtype=np.float64) * weight
+                for delta, weight in updates
             )
             for name in parameters
         }
@@ -57,7 +61,9 @@ class FedAvg:
         return {
             name: (
                 np.asarray(value, dtype=np.float64)
-                + self.server_learning_rate * np.asarray(weighted_sum[name]) / total_weight
+                + self.server_learning_rate
+                * np.asarray(weighted_sum[name])
+                / total_weight
             ).astype(np.float32)
             for name, value in parameters.items()
         }

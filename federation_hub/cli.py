@@ -16,9 +16,16 @@ from federation_hub.simulation import apply_private_environment
 apply_private_environment()
 
 from federation_hub import report  # noqa: E402
-from federation_hub.demo import HEART_DISEASE_DATA_DIR, DemoSetupError, create_demo_federation  # noqa: E402
+from federation_hub.config import load_hub_config  # noqa: E402
+from federation_hub.demo import (  # noqa: E402
+    HEART_DISEASE_DATA_DIR,
+    DemoSetupError,
+    create_demo_federation,
+)
 from federation_hub.init_command import init  # noqa: E402
+from federation_hub.policy_commands import budget, plan, verify_ledger  # noqa: E402
 from federation_hub.study import RoundOutcome, StudyResult  # noqa: E402
+from schemas.commands import check_schema, export_json_schema  # noqa: E402
 
 console = Console()
 app = typer.Typer(
@@ -28,26 +35,27 @@ app = typer.Typer(
 )
 app.command("init")(init)
 
-_optional_commands: list[tuple[str, str, str]] = [
-    ("federation_hub.policy_commands", "plan", "plan"),
-    ("federation_hub.policy_commands", "budget", "budget"),
-    ("federation_hub.policy_commands", "verify_ledger", "verify-ledger"),
-    ("schemas.commands", "check_schema", "check-schema"),
-    ("schemas.commands", "export_json_schema", "export-json-schema"),
-]
-for module_name, function_name, command_name in _optional_commands:
-    module = __import__(module_name, fromlist=[function_name])
-    app.command(command_name)(getattr(module, function_name))
+app.command("plan")(plan)
+app.command("budget")(budget)
+app.command("verify-ledger")(verify_ledger)
+app.command("check-schema")(check_schema)
+app.command("export-json-schema")(export_json_schema)
 
 
 def _progress(event: str, payload: Any) -> None:
     if event == "connected":
-        console.print(f"[bold]Hospitals connected and verified:[/] {', '.join(payload)}")
+        console.print(
+            f"[bold]Hospitals connected and verified:[/] {', '.join(payload)}"
+        )
     elif event == "round_started":
         outcome: RoundOutcome = payload
-        line = f"[bold]Round {outcome.round}[/]: instructing {', '.join(outcome.selected)}"
+        line = (
+            f"[bold]Round {outcome.round}[/]: instructing {', '.join(outcome.selected)}"
+        )
         if outcome.skipped:
-            line += "; skipped " + ", ".join(f"{h} ({r})" for h, r in outcome.skipped.items())
+            line += "; skipped " + ", ".join(
+                f"{h} ({r})" for h, r in outcome.skipped.items()
+            )
         console.print(line)
     elif event == "round_completed":
         outcome = payload
@@ -57,8 +65,14 @@ def _progress(event: str, payload: Any) -> None:
             console.print(f"  [red]{hospital} excluded, receipt flagged:[/] {reason}")
         if outcome.dropped:
             console.print(f"  [yellow]no answer from:[/] {', '.join(outcome.dropped)}")
-        accuracy = "n/a" if math.isnan(outcome.mean_accuracy) else f"{outcome.mean_accuracy:.3f}"
-        auc = "n/a" if math.isnan(outcome.mean_roc_auc) else f"{outcome.mean_roc_auc:.3f}"
+        accuracy = (
+            "n/a"
+            if math.isnan(outcome.mean_accuracy)
+            else f"{outcome.mean_accuracy:.3f}"
+        )
+        auc = (
+            "n/a" if math.isnan(outcome.mean_roc_auc) else f"{outcome.mean_roc_auc:.3f}"
+        )
         console.print(
             f"  trained: {', '.join(outcome.trained) or 'none'}; mean test accuracy "
             f"{accuracy}, mean ROC AUC {auc}"
@@ -76,7 +90,8 @@ def _show_result(result: StudyResult, federation_dir: Path) -> None:
         if result.aggregation == "fedavg"
         else f"Aggregation: {result.aggregation}"
     )
-    console.print(f"Report (JSON): {federation_dir / 'hub' / 'state' / 'reports' / report.REPORT_FILE}")
+    reports_dir = load_hub_config(federation_dir).reports_dir
+    console.print(f"Report (JSON): {reports_dir / report.REPORT_FILE}")
 
 
 @app.command()
@@ -101,7 +116,8 @@ def demo(
         Path, typer.Option(help="Folder with the four processed.*.data files.")
     ] = HEART_DISEASE_DATA_DIR,
     fresh: Annotated[
-        bool, typer.Option(help="Replace a demo folder created earlier, ledgers included.")
+        bool,
+        typer.Option(help="Replace a demo folder created earlier, ledgers included."),
     ] = True,
     setup_only: Annotated[
         bool, typer.Option(help="Create the federation folder and stop.")
@@ -121,5 +137,7 @@ def demo(
 
 def main() -> None:
     """Entry point of the `federation-hub` command."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     app()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from federation_hub.credentials import create_federation_credentials
 from federation_hub.config import FEDERATION_FILE
+from federation_hub.credentials import create_federation_credentials
 from policies.models import load_study_policy
 from schemas import HEART_DISEASE_SCHEMA_PATH
 
@@ -63,7 +63,9 @@ def create_demo_federation(
                 "refusing to delete it, choose another --dir"
             )
         shutil.rmtree(directory)
-    missing = [name for name in HOSPITAL_FILES.values() if not (data_dir / name).is_file()]
+    missing = [
+        name for name in HOSPITAL_FILES.values() if not (data_dir / name).is_file()
+    ]
     if missing:
         raise DemoSetupError(
             f"heart-disease records {missing} not found in {data_dir}; pass --data-dir "
@@ -74,10 +76,14 @@ def create_demo_federation(
     hospitals = list(policy.hospitals)
     unknown = [h for h in hospitals if h not in HOSPITAL_FILES]
     if unknown:
-        raise DemoSetupError(f"study policy names hospitals {unknown} that the demo lacks")
+        raise DemoSetupError(
+            f"study policy names hospitals {unknown} that the demo lacks"
+        )
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / DEMO_MARKER).write_text("created by federation-hub demo\n", encoding="utf-8")
+    (directory / DEMO_MARKER).write_text(
+        "created by federation-hub demo\n", encoding="utf-8"
+    )
     credentials = create_federation_credentials(
         directory, hospitals, federation="heart-disease-demo"
     )
@@ -98,7 +104,10 @@ def create_demo_federation(
         folder = directory / "hospitals" / hospital_id
         shutil.copyfile(HEART_DISEASE_SCHEMA_PATH, folder / "schema.yaml")
         shutil.copyfile(credentials.roster, folder / "roster.yaml")
-        shutil.copyfile(hospital_policies_dir / f"hospital_{hospital_id}.yaml", folder / "policy.yaml")
+        shutil.copyfile(
+            hospital_policies_dir / f"hospital_{hospital_id}.yaml",
+            folder / "policy.yaml",
+        )
         identity = credentials.hospital(hospital_id).identity_key
         _write_yaml(
             folder / "agent.yaml",

@@ -37,8 +37,12 @@ def study_report_document(result: StudyResult) -> dict[str, Any]:
         "stop_reason": result.stop_reason,
         "aggregation": result.aggregation,
         "budget": result.budget,
-        "final_mean_accuracy": None if final is None else _finite_or_none(final.mean_accuracy),
-        "final_mean_roc_auc": None if final is None else _finite_or_none(final.mean_roc_auc),
+        "final_mean_accuracy": None
+        if final is None
+        else _finite_or_none(final.mean_accuracy),
+        "final_mean_roc_auc": None
+        if final is None
+        else _finite_or_none(final.mean_roc_auc),
         "rounds": rounds,
     }
 
@@ -82,7 +86,11 @@ def round_table(outcome: RoundOutcome) -> Table:
             hospital, status, _format(metrics["accuracy"]), _format(metrics["roc_auc"])
         )
     table.add_row(
-        "mean", "", _format(outcome.mean_accuracy), _format(outcome.mean_roc_auc), style="bold"
+        "mean",
+        "",
+        _format(outcome.mean_accuracy),
+        _format(outcome.mean_roc_auc),
+        style="bold",
     )
     return table
 

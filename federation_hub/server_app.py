@@ -28,9 +28,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the study of the federation folder and write its budget report."""
-    federation_dir = str(context.run_config.get("federation-dir", "")) or os.environ.get(
-        FEDERATION_DIR_ENV, ""
-    )
+    federation_dir = str(
+        context.run_config.get("federation-dir", "")
+    ) or os.environ.get(FEDERATION_DIR_ENV, "")
     if not federation_dir:
         raise RuntimeError(
             "no federation folder: pass --run-config 'federation-dir=\"/path\"' to "
@@ -40,5 +40,7 @@ def main(grid: Grid, context: Context) -> None:
     runner = StudyRunner(grid, config)
     result = runner.run()
     path = write_study_report(config.reports_dir, result)
-    logger.info("study %s finished: %s; report %s", result.study_id, result.stop_reason, path)
+    logger.info(
+        "study %s finished: %s; report %s", result.study_id, result.stop_reason, path
+    )
     logger.info("budget: %s", json.dumps(result.budget))

@@ -88,7 +88,9 @@ def _parameters_hash(parameters: Parameters) -> str:
     digest = hashlib.sha256()
     for name in sorted(parameters):
         digest.update(name.encode("utf-8"))
-        digest.update(np.ascontiguousarray(parameters[name], dtype=np.float32).tobytes())
+        digest.update(
+            np.ascontiguousarray(parameters[name], dtype=np.float32).tobytes()
+        )
     return digest.hexdigest()
 
 
@@ -163,7 +165,9 @@ class StudyRunner:
             result = reply.content.config_records[wire.RESULT]
             hospital_id = str(result["hospital_id"])
             if hospital_id not in self.policy.hospitals:
-                logger.warning("node %s claims %r, not a study hospital", node, hospital_id)
+                logger.warning(
+                    "node %s claims %r, not a study hospital", node, hospital_id
+                )
                 continue
             try:
                 key = self.roster.hospital_key(hospital_id)
@@ -175,7 +179,9 @@ class StudyRunner:
                 )
             except InvalidSignature:
                 logger.warning(
-                    "node %s claims %r with an invalid signature; ignored", node, hospital_id
+                    "node %s claims %r with an invalid signature; ignored",
+                    node,
+                    hospital_id,
                 )
                 continue
             if result["schema_hash"] != self.schema.content_hash:
@@ -187,7 +193,10 @@ class StudyRunner:
                 )
                 continue
             if hospital_id in self.nodes:
-                logger.warning("hospital %s answered from two nodes; keeping the first", hospital_id)
+                logger.warning(
+                    "hospital %s answered from two nodes; keeping the first",
+                    hospital_id,
+                )
                 continue
             self.nodes[hospital_id] = node
         self._progress("connected", dict(self.nodes))
@@ -231,7 +240,10 @@ class StudyRunner:
         """Return the next round number and the global model to start it from."""
         last: dict[str, Any] | None = None
         for entry in self.ledger.entries():
-            if entry.kind == "round_completed" and entry.payload.get("study_id") == self.policy.study_id:
+            if (
+                entry.kind == "round_completed"
+                and entry.payload.get("study_id") == self.policy.study_id
+            ):
                 last = dict(entry.payload)
         if last is None:
             training = self.policy.training
@@ -247,7 +259,9 @@ class StudyRunner:
                 f"global model {path} does not match the hash in the hub ledger; "
                 "restore the file from backup or start a new study id"
             )
-        logger.info("resuming study %s after round %d", self.policy.study_id, last["round"])
+        logger.info(
+            "resuming study %s after round %d", self.policy.study_id, last["round"]
+        )
         return int(last["round"]) + 1, parameters
 
     # Rounds -------------------------------------------------------------------
@@ -277,7 +291,9 @@ class StudyRunner:
                 outcome, parameters = self.run_round(round_number, parameters)
             except StudyStopped as stop:
                 stop_reason = stop.reason
-                logger.warning("study %s stopped: %s", self.policy.study_id, stop.reason)
+                logger.warning(
+                    "study %s stopped: %s", self.policy.study_id, stop.reason
+                )
                 break
             outcomes.append(outcome)
         self.ledger.append(
@@ -339,13 +355,20 @@ class StudyRunner:
             if reply is None or not reply.has_content():
                 error = None if reply is None else reply.error
                 outcome.dropped.append(hospital_id)
-                logger.warning("round %d: %s did not answer (%s)", round_number, hospital_id, error)
+                logger.warning(
+                    "round %d: %s did not answer (%s)", round_number, hospital_id, error
+                )
                 self._record_spend(hospital_id, instruction, histories, confirmed=False)
                 continue
             result = reply.content.config_records[wire.RESULT]
             if result["status"] == "rejected":
                 outcome.rejected[hospital_id] = str(result["reason"])
-                logger.warning("round %d: %s rejected: %s", round_number, hospital_id, result["reason"])
+                logger.warning(
+                    "round %d: %s rejected: %s",
+                    round_number,
+                    hospital_id,
+                    result["reason"],
+                )
                 self.ledger.append(
                     "rejection",
                     {
@@ -356,11 +379,18 @@ class StudyRunner:
                     },
                 )
                 continue
-            epsilon = self._record_spend(hospital_id, instruction, histories, confirmed=True)
+            epsilon = self._record_spend(
+                hospital_id, instruction, histories, confirmed=True
+            )
             problem = self._check_receipt(hospital_id, instruction, result, epsilon)
             if problem:
                 outcome.flagged[hospital_id] = problem
-                logger.error("round %d: receipt of %s flagged: %s", round_number, hospital_id, problem)
+                logger.error(
+                    "round %d: receipt of %s flagged: %s",
+                    round_number,
+                    hospital_id,
+                    problem,
+                )
                 continue
             delta = {
                 name: np.asarray(array.numpy(), dtype=np.float32)
@@ -481,7 +511,9 @@ class StudyRunner:
         training_record = ConfigRecord(wire.encode_training(self.policy.training))
         messages = [
             Message(
-                RecordDict({wire.TRAINING: training_record, wire.GLOBAL_MODEL: model_record}),
+                RecordDict(
+                    {wire.TRAINING: training_record, wire.GLOBAL_MODEL: model_record}
+                ),
                 dst_node_id=node,
                 message_type=wire.EVALUATE,
             )
@@ -494,17 +526,25 @@ class StudyRunner:
             if hospital_id is None or not reply.has_content():
                 continue
             record = reply.content.metric_records[wire.METRICS]
-            metrics[hospital_id] = {name: float(value) for name, value in record.items()}
+            metrics[hospital_id] = {
+                name: float(value) for name, value in record.items()
+            }
         return dict(sorted(metrics.items()))
 
     @staticmethod
     def _summarise_metrics(outcome: RoundOutcome) -> None:
         accuracies = [m["accuracy"] for m in outcome.metrics.values()]
-        aucs = [m["roc_auc"] for m in outcome.metrics.values() if not math.isnan(m["roc_auc"])]
+        aucs = [
+            m["roc_auc"]
+            for m in outcome.metrics.values()
+            if not math.isnan(m["roc_auc"])
+        ]
         outcome.mean_accuracy = float(np.mean(accuracies)) if accuracies else math.nan
         outcome.mean_roc_auc = float(np.mean(aucs)) if aucs else math.nan
 
-    def _save_round(self, round_number: int, parameters: Parameters, outcome: RoundOutcome) -> None:
+    def _save_round(
+        self, round_number: int, parameters: Parameters, outcome: RoundOutcome
+    ) -> None:
         path = self.config.models_dir / f"round-{round_number:04d}.npz"
         temporary = path.with_suffix(".tmp.npz")
         np.savez(temporary, **parameters)
@@ -519,13 +559,17 @@ class StudyRunner:
                 "dropped": outcome.dropped,
                 "flagged": outcome.flagged,
                 "model_sha256": _parameters_hash(parameters),
-                "mean_accuracy": None if math.isnan(outcome.mean_accuracy) else outcome.mean_accuracy,
-                "mean_roc_auc": None if math.isnan(outcome.mean_roc_auc) else outcome.mean_roc_auc,
+                "mean_accuracy": None
+                if math.isnan(outcome.mean_accuracy)
+                else outcome.mean_accuracy,
+                "mean_roc_auc": None
+                if math.isnan(outcome.mean_roc_auc)
+                else outcome.mean_roc_auc,
             },
         )
 
     def budget_table(self) -> list[dict[str, Any]]:
-        """Return each hospital's spent epsilon, budget, delta, rounds joined and steps."""
+        """Return each hospital's epsilon spent, budget, delta, rounds and steps."""
         histories = self.histories()
         rows = []
         for hospital_id in self.policy.hospitals:
@@ -552,4 +596,6 @@ class StudyRunner:
         messages = list(messages)
         if not messages:
             return []
-        return list(self.grid.send_and_receive(messages, timeout=self.config.round_timeout_s))
+        return list(
+            self.grid.send_and_receive(messages, timeout=self.config.round_timeout_s)
+        )

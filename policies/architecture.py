@@ -16,7 +16,9 @@ from numpy.typing import NDArray
 ModelKind = Literal["logreg", "mlp"]
 
 
-def build_model(kind: ModelKind, num_features: int, hidden_units: int) -> torch.nn.Module:
+def build_model(
+    kind: ModelKind, num_features: int, hidden_units: int
+) -> torch.nn.Module:
     """Build the binary classifier a study trains; it outputs one logit per row.
 
     ``logreg`` is logistic regression (one linear layer). ``mlp`` adds one hidden

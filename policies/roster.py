@@ -23,7 +23,6 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-
 IDENTIFY_CONTEXT = b"healthfed identify v1"
 
 
@@ -38,7 +37,7 @@ def encode_public_key(key: Ed25519PublicKey) -> str:
 
 
 def decode_public_key(text: str, owner: str) -> Ed25519PublicKey:
-    """Parse the base64 text of a raw Ed25519 public key; ``owner`` names it in errors."""
+    """Parse the base64 text of a raw Ed25519 public key of ``owner``."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError, TypeError):
@@ -76,7 +75,8 @@ class Roster:
             "federation": self.federation,
             "hub": encode_public_key(self.hub),
             "hospitals": {
-                name: encode_public_key(key) for name, key in sorted(self.hospitals.items())
+                name: encode_public_key(key)
+                for name, key in sorted(self.hospitals.items())
             },
         }
 
@@ -94,12 +94,13 @@ def load_roster(path: str | Path) -> Roster:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RosterError(
-            f"roster {path} not found; copy the roster that `federation-hub init` "
-            "wrote"
+            f"roster {path} not found; copy the roster that `federation-hub init` wrote"
         ) from None
     except (OSError, yaml.YAMLError) as error:
         raise RosterError(f"cannot read roster {path}: {error}") from None
-    if not isinstance(document, dict) or not isinstance(document.get("hospitals"), dict):
+    if not isinstance(document, dict) or not isinstance(
+        document.get("hospitals"), dict
+    ):
         raise RosterError(
             f"roster {path} must be a mapping with 'federation', 'hub' and "
             "'hospitals' keys"

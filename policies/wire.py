@@ -33,6 +33,7 @@ METRICS = "metrics"
 CHALLENGE = "challenge"
 SECAGG = "secagg"
 
+
 def encode_training(training: TrainingConfig) -> dict[str, Any]:
     """Flatten the study's training settings into scalars."""
     return dict(training.model_dump())

@@ -22,7 +22,11 @@ from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
 
 from policies.architecture import build_model
-from policies.enforcement import InstructionRejected, RoundInstruction, check_instruction
+from policies.enforcement import (
+    InstructionRejected,
+    RoundInstruction,
+    check_instruction,
+)
 from policies.identity import load_private_key
 from policies.ledger import Ledger, LedgerEntry
 from policies.models import HospitalPolicy, TrainingConfig, load_hospital_policy
@@ -41,6 +45,7 @@ from silo_agent.training import (
 )
 
 logger = logging.getLogger(__name__)
+
 
 class CohortError(ValueError):
     """The hospital's accepted records cannot form a training and a test split."""
@@ -118,7 +123,9 @@ def clip_delta(delta: Parameters, clip_norm: float) -> tuple[Parameters, float, 
 
     Returns the clipped delta, the norm before clipping and whether it was scaled.
     """
-    norm = float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in delta.values())))
+    norm = float(
+        np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in delta.values()))
+    )
     if norm <= clip_norm:
         return delta, norm, False
     scale = clip_norm / norm
@@ -143,7 +150,9 @@ class SiloAgent:
         self._identity: Ed25519PrivateKey = load_private_key(config.identity_key)
         self.encoder = FeatureEncoder(self.schema)
         self.cohort = load_cohort(config, self.schema)
-        self.ledger = Ledger.open(config.ledger_path, config.hospital_id, self._identity)
+        self.ledger = Ledger.open(
+            config.ledger_path, config.hospital_id, self._identity
+        )
         logger.info(
             "agent %s ready: %d training rows, %d test rows, %d quarantined, schema %s",
             config.hospital_id,
@@ -178,6 +187,7 @@ class SiloAgent:
         Raises:
             InstructionRejected: the instruction breaks this hospital's policy or
                 pins another schema; nothing was spent.
+
         """
         outbox = self._outbox_path(instruction)
         if outbox.exists():
@@ -213,7 +223,9 @@ class SiloAgent:
             # train again under the same spend.
             epsilon_after = float(spend.payload["epsilon_after"])
 
-        model = build_model(training.model, len(self.encoder.feature_names), training.hidden_units)
+        model = build_model(
+            training.model, len(self.encoder.feature_names), training.hidden_units
+        )
         load_parameters(model, global_parameters)
         outcome = train_dp_sgd(
             model,
@@ -255,9 +267,13 @@ class SiloAgent:
         self._store_reply(outbox, reply)
         return reply
 
-    def evaluate(self, training: TrainingConfig, parameters: Parameters) -> dict[str, float]:
+    def evaluate(
+        self, training: TrainingConfig, parameters: Parameters
+    ) -> dict[str, float]:
         """Evaluate the global model on this hospital's fixed test split."""
-        model = build_model(training.model, len(self.encoder.feature_names), training.hidden_units)
+        model = build_model(
+            training.model, len(self.encoder.feature_names), training.hidden_units
+        )
         load_parameters(model, parameters)
         return evaluate(model, self.cohort.test_features, self.cohort.test_labels)
 
@@ -273,7 +289,9 @@ class SiloAgent:
     def _outbox_path(self, instruction: RoundInstruction) -> Path:
         key = f"{instruction.study_id}\0{instruction.round}\0{instruction.nonce}"
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
-        return self.config.state_dir / "outbox" / f"round-{instruction.round}-{digest}.npz"
+        return (
+            self.config.state_dir / "outbox" / f"round-{instruction.round}-{digest}.npz"
+        )
 
     def _store_reply(self, path: Path, reply: TrainReply) -> None:
         """Write the reply atomically, so a retry resends exactly what was trained."""
@@ -282,8 +300,12 @@ class SiloAgent:
         arrays["meta/num_examples"] = np.asarray(reply.num_examples)
         arrays["meta/delta_norm"] = np.asarray(reply.delta_norm)
         arrays["meta/clipped"] = np.asarray(reply.clipped)
-        arrays["meta/receipt"] = np.frombuffer(reply.receipt.model_dump_json().encode("utf-8"), dtype=np.uint8)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as handle:
+        arrays["meta/receipt"] = np.frombuffer(
+            reply.receipt.model_dump_json().encode("utf-8"), dtype=np.uint8
+        )
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, delete=False, suffix=".tmp"
+        ) as handle:
             np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())

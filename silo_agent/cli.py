@@ -18,25 +18,26 @@ os.environ.update(
     }
 )
 
+from schemas.commands import check_schema, export_json_schema  # noqa: E402
+from silo_agent.budget_command import budget, verify_ledger  # noqa: E402
+from silo_agent.validate_command import validate  # noqa: E402
+
 app = typer.Typer(
     help="Hospital agent of a healthfed federation: validate records, check budgets.",
     no_args_is_help=True,
     add_completion=False,
 )
 
-_commands: list[tuple[str, str, str]] = [
-    ("silo_agent.validate_command", "validate", "validate"),
-    ("silo_agent.budget_command", "budget", "budget"),
-    ("silo_agent.budget_command", "verify_ledger", "verify-ledger"),
-    ("schemas.commands", "check_schema", "check-schema"),
-    ("schemas.commands", "export_json_schema", "export-json-schema"),
-]
-for module_name, function_name, command_name in _commands:
-    module = __import__(module_name, fromlist=[function_name])
-    app.command(command_name)(getattr(module, function_name))
+app.command("validate")(validate)
+app.command("budget")(budget)
+app.command("verify-ledger")(verify_ledger)
+app.command("check-schema")(check_schema)
+app.command("export-json-schema")(export_json_schema)
 
 
 def main() -> None:
     """Entry point of the `silo-agent` command."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     app()

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
 from policies import wire
@@ -43,9 +51,9 @@ def agent_config_path(context: Context) -> Path:
     if configured:
         return Path(str(configured))
 
-    federation_dir = str(context.run_config.get("federation-dir", "")) or os.environ.get(
-        FEDERATION_DIR_ENV, ""
-    )
+    federation_dir = str(
+        context.run_config.get("federation-dir", "")
+    ) or os.environ.get(FEDERATION_DIR_ENV, "")
     if not federation_dir or "partition-id" not in context.node_config:
         raise RuntimeError(
             "no agent configuration: start the SuperNode with --node-config "
@@ -77,7 +85,8 @@ def get_agent(context: Context) -> SiloAgent:
 def parameters_from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     """Return the named float32 arrays of an ArrayRecord."""
     return {
-        name: np.asarray(array.numpy(), dtype=np.float32) for name, array in record.items()
+        name: np.asarray(array.numpy(), dtype=np.float32)
+        for name, array in record.items()
     }
 
 
@@ -115,13 +124,19 @@ def train(message: Message, context: Context) -> Message:
     agent = get_agent(context)
     content = message.content
     try:
-        instruction = RoundInstruction.from_config(dict(content.config_records[wire.INSTRUCTION]))
+        instruction = RoundInstruction.from_config(
+            dict(content.config_records[wire.INSTRUCTION])
+        )
         training = wire.decode_training(dict(content.config_records[wire.TRAINING]))
-        global_parameters = parameters_from_record(content.array_records[wire.GLOBAL_MODEL])
+        global_parameters = parameters_from_record(
+            content.array_records[wire.GLOBAL_MODEL]
+        )
         reply = agent.train(instruction, training, global_parameters)
     except (InstructionRejected, PolicyError) as error:
         reason = error.reason if isinstance(error, InstructionRejected) else str(error)
-        logger.warning("%s rejected the round instruction: %s", agent.hospital_id, reason)
+        logger.warning(
+            "%s rejected the round instruction: %s", agent.hospital_id, reason
+        )
         result = ConfigRecord({"status": "rejected", "reason": reason})
         return Message(RecordDict({wire.RESULT: result}), reply_to=message)
 

@@ -72,7 +72,9 @@ def load_agent_config(path: str | Path) -> AgentConfig:
             "written for this hospital"
         ) from None
     except (OSError, yaml.YAMLError) as error:
-        raise AgentConfigError(f"cannot read agent configuration {path}: {error}") from None
+        raise AgentConfigError(
+            f"cannot read agent configuration {path}: {error}"
+        ) from None
     if not isinstance(document, dict):
         raise AgentConfigError(
             f"agent configuration {path} must be a YAML mapping, got "
@@ -92,4 +94,6 @@ def load_agent_config(path: str | Path) -> AgentConfig:
             f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
             for item in error.errors()
         )
-        raise AgentConfigError(f"invalid agent configuration {path}: {problems}") from None
+        raise AgentConfigError(
+            f"invalid agent configuration {path}: {problems}"
+        ) from None

@@ -75,7 +75,10 @@ def load_parameters(model: torch.nn.Module, parameters: Parameters) -> None:
         if not np.all(np.isfinite(parameters[name])):
             raise ValueError(f"global parameter {name!r} holds NaN or infinite values")
     model.load_state_dict(
-        {name: torch.from_numpy(np.asarray(value)) for name, value in parameters.items()}
+        {
+            name: torch.from_numpy(np.asarray(value))
+            for name, value in parameters.items()
+        }
     )
 
 
@@ -145,7 +148,9 @@ def train_dp_sgd(
                 # Opacus's per-sample hooks sit on the first layer, whose input
                 # (the records) needs no gradient, so PyTorch warns on every step.
                 warnings.filterwarnings(
-                    "ignore", message="Full backward hook is firing", category=UserWarning
+                    "ignore",
+                    message="Full backward hook is firing",
+                    category=UserWarning,
                 )
                 loss.backward()
             optimizer.step()

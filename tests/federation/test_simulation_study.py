@@ -31,18 +31,24 @@ def _two_rounds(document: dict[str, Any]) -> None:
 
 def _relax_hospitals(folder: Path) -> None:
     for hospital in HOSPITALS:
+
         def relax(policy: dict[str, Any]) -> None:
             policy["require_secure_aggregation"] = False
+
         edit_yaml(folder / "hospitals" / hospital / "policy.yaml", relax)
 
 
 def _hospital_ledger(folder: Path, hospital: str) -> Ledger:
     key = load_private_key(folder / "hospitals" / hospital / "identity.key")
-    return Ledger.open(folder / "hospitals" / hospital / "state" / "ledger.sqlite", hospital, key)
+    return Ledger.open(
+        folder / "hospitals" / hospital / "state" / "ledger.sqlite", hospital, key
+    )
 
 
 @pytest.fixture(scope="module")
-def two_round_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StudyResult]:
+def two_round_study(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, StudyResult]:
     """One two-round study of the four hospitals, shared by the tests below."""
     folder = create_demo_federation(tmp_path_factory.mktemp("study") / "federation")
     edit_yaml(folder / "study.yaml", _two_rounds)
@@ -50,7 +56,9 @@ def two_round_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Stu
     return folder, run_simulation_study(folder)
 
 
-def test_study_two_rounds_real_records(two_round_study: tuple[Path, StudyResult]) -> None:
+def test_study_two_rounds_real_records(
+    two_round_study: tuple[Path, StudyResult],
+) -> None:
     demo_federation, result = two_round_study
 
     assert len(result.rounds) == 2
