@@ -800,7 +800,18 @@ class AgentSession:
         )
         plaintext = decrypt(self._share_encryption_key(peer), blob, aad)
         document = from_json_bytes("healthfed-secagg-round-shares/1", plaintext)
-        return {"self": document["self"], "pairs": document["pairs"]}
+        self_share = document.get("self")
+        pairs = document.get("pairs")
+        if (
+            not isinstance(self_share, str)
+            or not isinstance(pairs, dict)
+            or not all(isinstance(v, str) for v in pairs.values())
+        ):
+            raise MalformedMessageError(
+                f"share bundle of survivor {sender!r} lacks its self-mask share "
+                "or pairwise shares"
+            )
+        return {"self": self_share, "pairs": pairs}
 
     def _check_unmask_request(
         self,

@@ -443,13 +443,19 @@ class HubSession:
         ):
             raise MalformedMessageError("response is for another party or round")
         x = self._x_coordinates[party]
+        # Only a share holder of an owner's secrets has a valid share of them.
+        owners = {
+            owner
+            for owner in open_round.survivors
+            if party in holders_of(owner, open_round.participants, self._neighbors)
+        }
         self_mask: dict[str, int] = {}
         for owner, text in get_dict(document, "self_mask_shares").items():
-            if owner in open_round.survivors:
+            if owner in owners:
                 self_mask[owner] = _share_value(text, x)
         pairwise: dict[tuple[str, str], int] = {}
         for owner, by_peer in get_dict(document, "pairwise_shares").items():
-            if owner not in open_round.survivors or not isinstance(by_peer, dict):
+            if owner not in owners or not isinstance(by_peer, dict):
                 continue
             for peer, text in by_peer.items():
                 if peer in open_round.dropped:

@@ -34,7 +34,10 @@ GCM_NONCE_BYTES = 12
 _PROTOCOL_TAG = b"healthfed-secagg-v1"
 _ZERO_NONCE = bytes(16)
 _zero_block = bytes(0)
-# One reusable keystream buffer per thread, so adding a mask allocates nothing.
+# add_mask writes the keystream in chunks of 2**15 words (256 KiB), small
+# enough to stay in the CPU cache while it is added, into one buffer per thread.
+_CHUNK_WORDS = 2**15
+_CHUNK_ZEROS = bytes(8 * _CHUNK_WORDS)
 _buffers = threading.local()
 
 
@@ -91,25 +94,25 @@ def add_mask(
 
     The sum wraps modulo 2**64. Reducing the result modulo 2**k afterwards
     equals adding ``expand_mask(seed, len(target), k)`` modulo 2**k, because
-    2**k divides 2**64.
+    2**k divides 2**64. The keystream is produced in cache-sized chunks into
+    one reused buffer, so adding a mask allocates nothing.
     """
-    global _zero_block
     if len(seed) != SEED_BYTES:
         raise ValueError(f"a seed has {SEED_BYTES} bytes: got {len(seed)}")
-    length = 8 * target.shape[0]
     buffer: bytearray | None = getattr(_buffers, "keystream", None)
-    if buffer is None or len(buffer) < length:
-        buffer = bytearray(length)
+    if buffer is None:
+        buffer = bytearray(8 * _CHUNK_WORDS)
         _buffers.keystream = buffer
-    if len(_zero_block) < length:
-        _zero_block = bytes(length)
+    chunk = np.frombuffer(buffer, dtype="<u8")
+    zeros = memoryview(_CHUNK_ZEROS)
+    operation = np.subtract if subtract else np.add
     encryptor = Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor()
-    encryptor.update_into(memoryview(_zero_block)[:length], buffer)
-    mask = np.frombuffer(buffer, dtype="<u8", count=target.shape[0])
-    if subtract:
-        np.subtract(target, mask, out=target)
-    else:
-        np.add(target, mask, out=target)
+    length = target.shape[0]
+    for start in range(0, length, _CHUNK_WORDS):
+        stop = min(start + _CHUNK_WORDS, length)
+        encryptor.update_into(zeros[: 8 * (stop - start)], buffer)
+        section = target[start:stop]
+        operation(section, chunk[: stop - start], out=section)
 
 
 def derive_key(shared_secret: bytes, info: bytes, length: int = 32) -> bytes:

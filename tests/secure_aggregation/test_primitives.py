@@ -136,12 +136,14 @@ def test_decrypt_rejects_other_context() -> None:
 
 @pytest.mark.parametrize("bits", [20, 64])
 def test_add_mask_matches_expand_mask(bits: int) -> None:
+    # 70001 words span three keystream chunks, the last one partial.
+    length = 70001
     seed = bytes(range(32))
-    start = np.arange(100, dtype=np.uint64)
+    start = np.arange(length, dtype=np.uint64)
     reduce = np.uint64((1 << bits) - 1) if bits < 64 else np.uint64(2**64 - 1)
     added = start.copy()
     add_mask(added, seed)
-    expected = (start + expand_mask(seed, 100, bits)) & reduce
+    expected = (start + expand_mask(seed, length, bits)) & reduce
     assert np.array_equal(added & reduce, expected)
 
 

@@ -25,6 +25,7 @@ from secure_aggregation.protocol import (
     InvalidSignatureError,
     KeyConfirmationError,
     KeyEpochError,
+    MalformedMessageError,
     ModulusTooSmallError,
     OverlappingPartyListsError,
     PartyListMismatchError,
@@ -511,3 +512,19 @@ def test_hub_drops_malformed_input(federation: Federation) -> None:
     masked["hospital-00"].masked_vector = masked["hospital-00"].masked_vector[:-1]
     requests = federation.hub.collect_masked_inputs(1, start.nonce, masked)  # type: ignore[attr-defined]
     assert requests["hospital-01"].dropped == ["hospital-00"]
+
+
+def test_unmask_rejects_malformed_bundle(federation: Federation) -> None:
+    # A malicious peer encrypts a bundle without its self-mask share; only its
+    # own session can produce a bundle that passes AES-GCM authentication.
+    requests = masked_round(federation)
+    request = requests["hospital-00"]
+    sender = federation.agents["hospital-01"]
+    shares = dict(request.encrypted_shares)
+    shares["hospital-01"] = sender._encrypt_round_shares(
+        1, request.nonce, "hospital-00", {"pairs": {}}
+    )
+    with pytest.raises(MalformedMessageError, match="lacks its self-mask share"):
+        federation.agents["hospital-00"].unmask(
+            1, request.nonce, request.survivors, request.dropped, shares
+        )
