@@ -23,16 +23,14 @@ import pandas as pd
 import pandera.pandas as pa
 
 from schemas import HEART_DISEASE_SCHEMA_PATH, load_schema
-from schemas.model import CategoricalColumn, IntegerColumn, NumberColumn, Schema
-from schemas.reading import Chunk, CsvOptions, TableSource
-from schemas.validation import (
-    ColumnCounts,
-    ValidationReport,
-    _DuplicateTracker,
-    _QuarantineWriter,
-    _validate_chunk,
-    validate_file,
+from schemas.model import (
+    BooleanColumn,
+    CategoricalColumn,
+    IntegerColumn,
+    NumberColumn,
+    Schema,
 )
+from schemas.validation import validate_file, validate_frame
 
 BAD_FRACTION = 0.01
 
@@ -68,21 +66,35 @@ def make_csv(path: Path, rows: int, seed: int = 0) -> None:
 
 
 def pandera_schema(schema: Schema) -> pa.DataFrameSchema:
-    """Build the pandera equivalent of the schema's checks."""
+    """Build pandera's version of the schema's checks.
+
+    Per column: type (coerced to float, so text is a failure case), whole numbers
+    for integer columns, hard range or declared codes, numeric missing markers,
+    nullability from the missing rule, and the plausible range as a warning.
+    Across columns: no two identical rows.
+    """
     columns = {}
     for column in schema.columns:
         checks = []
         if isinstance(column, IntegerColumn | NumberColumn):
-            bounds = column.hard_range
-            if bounds is not None:
+            if column.hard_range is not None:
+                bounds = column.hard_range
                 checks.append(pa.Check.in_range(bounds.min, bounds.max))
+            if column.plausible_range is not None:
+                bounds = column.plausible_range
+                checks.append(
+                    pa.Check.in_range(bounds.min, bounds.max, raise_warning=True)
+                )
+            if isinstance(column, IntegerColumn):
+                checks.append(pa.Check(lambda values: values % 1 == 0))
             markers = [float(m) for m in column.missing_values]
             if markers:
-                checks.append(pa.Check.notin(markers, ignore_na=True))
+                checks.append(pa.Check.notin(markers))
         elif isinstance(column, CategoricalColumn):
             checks.append(pa.Check.isin([float(c) for c in column.codes]))
-        else:
-            checks.append(pa.Check.isin([0.0, 1.0]))
+        elif isinstance(column, BooleanColumn):
+            allowed = [*column.true_values, *column.false_values]
+            checks.append(pa.Check.isin([float(v) for v in allowed]))
         columns[column.name] = pa.Column(
             float,
             checks=checks,
@@ -101,24 +113,8 @@ def time_runs(function, repeats: int) -> list[float]:
     return durations
 
 
-def our_checks(frame: pd.DataFrame, schema: Schema, path: Path) -> None:
-    source = TableSource(path, "csv", "utf-8", ",", False, schema.column_names)
-    report = ValidationReport(
-        file=str(path),
-        file_format="csv",
-        schema_name=schema.name,
-        schema_version=schema.version,
-        schema_hash="",
-        encoding="utf-8",
-        delimiter=",",
-        header=False,
-        columns={name: ColumnCounts() for name in schema.column_names},
-    )
-    chunk = Chunk(frame=frame, lines=np.arange(1, len(frame) + 1))
-    tracker = _DuplicateTracker(schema, source, CsvOptions())
-    _validate_chunk(
-        chunk, schema, source, report, tracker, _QuarantineWriter(None), None
-    )
+def our_checks(frame: pd.DataFrame, schema: Schema) -> None:
+    validate_frame(frame, schema, chunk_rows=len(frame))
 
 
 def pandera_checks(frame: pd.DataFrame, checker: pa.DataFrameSchema) -> None:
@@ -156,7 +152,7 @@ def main() -> None:
                 args.repeats,
             ),
             "our checks on the DataFrame": time_runs(
-                lambda: our_checks(read_frame, schema, path), args.repeats
+                lambda: our_checks(read_frame, schema), args.repeats
             ),
             "pandera lazy on the DataFrame": time_runs(
                 lambda: pandera_checks(read_frame, checker), args.repeats
@@ -171,10 +167,9 @@ def main() -> None:
         "validate_file / pandas read: "
         f"{medians['validate_file (whole command)'] / read:.2f}x"
     )
-    print(
-        "our checks throughput / pandera: "
-        f"{medians['pandera lazy on the DataFrame'] / medians['our checks on the DataFrame']:.2f}x"
-    )
+    ours = medians["our checks on the DataFrame"]
+    pandera = medians["pandera lazy on the DataFrame"]
+    print(f"our checks throughput / pandera: {pandera / ours:.2f}x")
 
 
 if __name__ == "__main__":

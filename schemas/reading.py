@@ -63,6 +63,7 @@ class Chunk:
 
     frame: pd.DataFrame
     lines: np.ndarray
+    original: pd.DataFrame | None = None
 
 
 @dataclass
@@ -76,6 +77,7 @@ class TableSource:
     header: bool
     file_columns: tuple[str, ...]
     extra_columns: tuple[str, ...] = ()
+    frame: pd.DataFrame | None = field(default=None, repr=False)
     _temporary: Path | None = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -102,14 +104,27 @@ def detect_encoding(path: Path, sample: bytes) -> str:
         # A multi-byte character cut at the end of the sample is still UTF-8.
         if exc.start >= len(sample) - 3 and len(sample) == SNIFF_BYTES:
             return "utf-8"
-    best = from_bytes(sample).best()
-    if best is None:
+    matches = list(from_bytes(sample))
+    if not matches:
         raise UnreadableFileError(
             path,
             "the text encoding could not be detected",
             "convert the file to UTF-8 or pass the encoding explicitly",
         )
-    return str(best.encoding)
+    # Single-byte code pages often fit a short sample equally well (cp1250 and
+    # cp1252 differ in a few letters). Among the best fits, prefer cp1252, the
+    # usual encoding of spreadsheet exports in Western European locales.
+    lowest = min(match.chaos for match in matches)
+    tied = [match.encoding for match in matches if match.chaos == lowest]
+    encoding = "cp1252" if "cp1252" in tied else str(tied[0])
+    logger.warning(
+        "Guessed encoding %s for %s (equally likely: %s); pass the encoding "
+        "explicitly if text values look wrong",
+        encoding,
+        path,
+        ", ".join(tied),
+    )
+    return encoding
 
 
 def detect_delimiter(sample_text: str) -> str:
@@ -405,21 +420,47 @@ def iter_parquet_chunks(
     markers = text_missing_markers(schema)
     offset = 1
     parquet = pq.ParquetFile(source.path)
-    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=present):
-        frame = batch.to_pandas()
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        original = batch.to_pandas()
+        frame = original[present].copy()
         for name in present:
-            frame[name] = _normalize_parquet_column(
+            frame[name] = normalize_typed_column(
                 frame[name], schema, name, markers[name]
             )
         lines = np.arange(offset, offset + len(frame), dtype=np.int64)
         frame.index = pd.RangeIndex(offset - 1, offset - 1 + len(frame))
         offset += len(frame)
-        yield Chunk(frame=frame, lines=lines)
+        yield Chunk(frame=frame, lines=lines, original=original)
 
 
-def _normalize_parquet_column(
+def iter_frame_chunks(
+    source: TableSource, schema: Schema, chunk_rows: int
+) -> Iterator[Chunk]:
+    """Yield an in-memory DataFrame in chunks; a row's number is its position + 1."""
+    assert source.frame is not None
+    present = [name for name in schema.column_names if name in source.file_columns]
+    markers = text_missing_markers(schema)
+    for start in range(0, len(source.frame), chunk_rows):
+        original = source.frame.iloc[start : start + chunk_rows]
+        frame = original[present].copy()
+        for name in present:
+            frame[name] = normalize_typed_column(
+                frame[name], schema, name, markers[name]
+            )
+        frame.index = pd.RangeIndex(start, start + len(frame))
+        lines = np.arange(start + 1, start + 1 + len(frame), dtype=np.int64)
+        yield Chunk(frame=frame, lines=lines, original=original)
+
+
+def normalize_typed_column(
     values: pd.Series, schema: Schema, name: str, markers: list[str]
 ) -> pd.Series:
+    """Prepare a typed (Parquet or DataFrame) column for the text-based checks.
+
+    Text cells that match a missing marker become missing, timestamps of a date
+    column are formatted with its declared format, and numbers in a column that
+    is read as text (text codes, identifiers) become text without a trailing '.0'.
+    """
     column = schema.column(name)
     if pd.api.types.is_datetime64_any_dtype(values) and isinstance(column, DateColumn):
         return values.dt.strftime(column.format)
@@ -436,14 +477,15 @@ class LineReader:
     """Read raw lines of a text file by line number, moving forward only.
 
     Line numbers must be requested in increasing order across calls. Memory use is
-    one block of the file, whatever its size.
+    about one block of the file plus its newline offsets, whatever the file size.
     """
 
     def __init__(self, path: Path) -> None:
         self._handle = path.open("rb")
-        self._line = 1
-        self._pending = b""
-        self.total_lines = 0
+        self._block = b""
+        self._ends = np.zeros(0, dtype=np.int64)
+        self._first_line = 1
+        self._exhausted = False
 
     def close(self) -> None:
         """Close the file."""
@@ -455,53 +497,54 @@ class LineReader:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _load_next_block(self) -> bool:
+        """Replace the block by the lines after it; return False at end of file."""
+        if self._exhausted:
+            return False
+        consumed = int(self._ends[-1]) + 1 if len(self._ends) else 0
+        tail = self._block[consumed:]
+        self._first_line += len(self._ends)
+        more = self._handle.read(_BLOCK_BYTES)
+        if not more:
+            self._exhausted = True
+            if not tail:
+                self._block, self._ends = b"", np.zeros(0, dtype=np.int64)
+                return False
+            # The last line has no newline: it ends at the end of the file.
+            self._block = tail
+            self._ends = np.array([len(tail)], dtype=np.int64)
+            return True
+        self._block = tail + more
+        buffer = np.frombuffer(self._block, dtype=np.uint8)
+        self._ends = np.flatnonzero(buffer == 0x0A).astype(np.int64)
+        return True
+
     def read(self, line_numbers: np.ndarray) -> list[bytes]:
         """Return the raw bytes of each requested line, without its line ending."""
         wanted = np.asarray(line_numbers, dtype=np.int64)
         found: list[bytes] = []
         position = 0
         while position < len(wanted):
-            if not self._pending:
-                self._pending = self._handle.read(_BLOCK_BYTES)
-                if not self._pending:
+            last_line = self._first_line + len(self._ends) - 1
+            if wanted[position] > last_line:
+                if not self._load_next_block():
                     break
-            block = np.frombuffer(self._pending, dtype=np.uint8)
-            ends = np.flatnonzero(block == 0x0A)
-            complete = len(ends)
-            if complete == 0:
-                more = self._handle.read(_BLOCK_BYTES)
-                if not more:
-                    ends = np.array([len(block)], dtype=np.int64)
-                    complete = 1
-                else:
-                    self._pending += more
-                    continue
-            starts = np.concatenate(([0], ends[:-1] + 1))
-            block_lines = self._line + np.arange(complete)
-            last = block_lines[-1]
-            stop = np.searchsorted(wanted, last, side="right")
-            selected = wanted[position:stop]
-            for index in (selected - self._line).tolist():
-                found.append(self._pending[starts[index] : ends[index]].rstrip(b"\r\n"))
+                continue
+            stop = int(np.searchsorted(wanted, last_line, side="right"))
+            index = wanted[position:stop] - self._first_line
+            ends = self._ends[index]
+            starts = np.where(index > 0, self._ends[np.maximum(index - 1, 0)] + 1, 0)
+            block = self._block
+            # Slicing bytes is the only per-row step, and only for quarantined rows.
+            found.extend(
+                block[start:end].rstrip(b"\r")
+                for start, end in zip(starts.tolist(), ends.tolist(), strict=True)
+            )
             position = stop
-            if position == len(wanted):
-                # Keep the lines after the last requested one for the next call.
-                complete = int(wanted[-1] - self._line) + 1
-            consumed = int(ends[complete - 1]) + 1
-            self._pending = self._pending[consumed:]
-            self._line += complete
         return found
 
-    def count_remaining(self) -> int:
-        """Return the number of the last line in the file, reading to its end."""
-        while True:
-            block = self._pending or self._handle.read(_BLOCK_BYTES)
-            self._pending = b""
-            if not block:
-                break
-            self._line += int(np.count_nonzero(np.frombuffer(block, np.uint8) == 10))
-            self._trailing = not block.endswith(b"\n")
-        last = self._line - 1
-        if getattr(self, "_trailing", False):
-            last += 1
-        return last
+    def count_lines(self) -> int:
+        """Return the number of lines in the file, reading to its end."""
+        while self._load_next_block():
+            pass
+        return self._first_line - 1 + len(self._ends)

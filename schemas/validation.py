@@ -37,11 +37,13 @@ from schemas.model import (
     Schema,
 )
 from schemas.reading import (
+    DEFAULT_CHUNK_ROWS,
     Chunk,
     CsvOptions,
     LineReader,
     TableSource,
     iter_csv_chunks,
+    iter_frame_chunks,
     iter_parquet_chunks,
     open_csv,
     open_parquet,
@@ -59,6 +61,7 @@ __all__ = [
     "ValidationReport",
     "ValidationResult",
     "validate_file",
+    "validate_frame",
 ]
 
 logger = logging.getLogger(__name__)
@@ -200,6 +203,44 @@ def validate_file(
         source.close()
 
 
+def validate_frame(
+    frame: pd.DataFrame,
+    schema: Schema,
+    quarantine_path: str | Path | None = None,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    name: str = "<DataFrame>",
+) -> ValidationResult:
+    """Validate an in-memory DataFrame against ``schema``.
+
+    Columns are matched by name. A row's line number is its position plus 1, and
+    the quarantine file renders the row as CSV. Typed columns (numbers, dates) are
+    checked as they are; text columns are parsed as in a CSV file. ``name``
+    stands for the file name in the report and in errors.
+
+    Raises:
+        SchemaInputError: a required column is absent, the frame has no rows, or
+            a label value is outside the mapping.
+
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    columns = tuple(str(column) for column in frame.columns)
+    source = TableSource(
+        path=Path(name),
+        kind="frame",
+        encoding=None,
+        delimiter=None,
+        header=True,
+        file_columns=columns,
+        extra_columns=tuple(c for c in columns if c not in schema.column_names),
+        frame=frame,
+    )
+    _require_columns(source, schema)
+    options = CsvOptions(chunk_rows=chunk_rows)
+    return _run(source, schema, options, quarantine_path, keep_accepted=True)
+
+
 def _open_source(path: Path, schema: Schema, options: CsvOptions) -> TableSource:
     if not path.is_file():
         raise UnreadableFileError(
@@ -209,31 +250,40 @@ def _open_source(path: Path, schema: Schema, options: CsvOptions) -> TableSource
         source = open_parquet(path, schema)
     else:
         source = open_csv(path, schema, options)
+    try:
+        _require_columns(source, schema)
+    except MissingColumnError:
+        source.close()
+        raise
+    return source
+
+
+def _require_columns(source: TableSource, schema: Schema) -> None:
     absent = [
         column.name
         for column in schema.columns
         if column.required and column.name not in source.file_columns
     ]
     if absent:
-        source.close()
         hint = (
             "add the column to the export, or fix its name in the header"
             if source.header
             else "the file has no header, so its columns must follow schema order"
         )
         raise MissingColumnError(
-            path,
+            source.path,
             f"required column(s) {absent} not found; the file has "
             f"{list(source.file_columns)}",
             hint,
             column=absent[0],
         )
-    return source
 
 
 def _chunks(
     source: TableSource, schema: Schema, options: CsvOptions
 ) -> Iterator[Chunk]:
+    if source.kind == "frame":
+        return iter_frame_chunks(source, schema, options.chunk_rows)
     if source.kind == "parquet":
         return prefetch(iter_parquet_chunks(source, schema, options.chunk_rows))
     return prefetch(iter_csv_chunks(source, schema, options.chunk_rows))
@@ -311,14 +361,21 @@ def _run(
     try:
         for chunk in _chunks(source, schema, options):
             accepted = _validate_chunk(
-                chunk, schema, source, report, duplicates, writer, line_reader
+                chunk,
+                schema,
+                source,
+                report,
+                duplicates,
+                writer,
+                line_reader,
+                keep_accepted,
             )
-            if keep_accepted and not accepted.empty:
+            if accepted is not None and not accepted.empty:
                 accepted_parts.append(accepted)
         if report.total_rows == 0:
             raise EmptyCohortError(
                 source.path,
-                "the file has a header but no data rows",
+                "the input contains no data rows",
                 "export the cohort again with its rows",
             )
         if line_reader is not None:
@@ -355,7 +412,7 @@ def _concat_accepted(parts: list[pd.DataFrame], schema: Schema) -> pd.DataFrame:
 
 
 def _check_line_count(source: TableSource, rows: int, reader: LineReader) -> None:
-    lines = reader.count_remaining()
+    lines = reader.count_lines()
     expected = rows + (1 if source.header else 0)
     if lines != expected:
         raise UnreadableFileError(
@@ -374,7 +431,12 @@ def _validate_chunk(
     duplicates: _DuplicateTracker,
     writer: _QuarantineWriter,
     line_reader: LineReader | None,
-) -> pd.DataFrame:
+    keep_accepted: bool,
+) -> pd.DataFrame | None:
+    """Check one chunk, update ``report``, quarantine its bad rows.
+
+    Returns the accepted rows with typed values, or None unless ``keep_accepted``.
+    """
     frame = chunk.frame
     rows = len(frame)
     checks: dict[str, ColumnCheck] = {}
@@ -401,12 +463,7 @@ def _validate_chunk(
                 check.missing, f"{column.name}: missing (rejected by the schema)"
             )
             rejected_missing |= check.missing
-    typed = pd.DataFrame(
-        {name: check.values for name, check in checks.items()}, index=frame.index
-    )
-    duplicate_mask, duplicate_reasons = duplicates.check(
-        typed, checks, chunk.lines, ~empty
-    )
+    duplicate_mask, duplicate_reasons = duplicates.check(checks, chunk.lines, ~empty)
     reasons.add_each(duplicate_mask, duplicate_reasons)
     reasons.replace(empty, "empty row: every field is missing")
 
@@ -419,8 +476,13 @@ def _validate_chunk(
     report.rejected_missing_rows += int((rejected_missing & ~empty).sum())
     _write_quarantine(chunk, quarantined, reasons, writer, line_reader, source)
 
-    accepted = typed.loc[~quarantined]
-    accepted.index = pd.Index(chunk.lines[~quarantined], name="line")
+    if not keep_accepted:
+        return None
+    kept = ~quarantined
+    accepted = pd.DataFrame(
+        {name: check.values.to_numpy()[kept] for name, check in checks.items()},
+        index=pd.Index(chunk.lines[kept], name="line"),
+    )
     return accepted
 
 
@@ -532,7 +594,9 @@ def _write_quarantine(
         if len(rows) == 1 and rows[0].startswith("\ufeff"):
             rows[0] = rows[0][1:]
     else:
-        rendered = chunk.frame.iloc[positions].to_csv(header=False, index=False)
+        # Parquet and DataFrame rows have no text form: render the original row.
+        original = chunk.original if chunk.original is not None else chunk.frame
+        rendered = original.iloc[positions].to_csv(header=False, index=False)
         rows = rendered.splitlines()
     writer.write(lines, texts, rows)
 
@@ -549,22 +613,23 @@ class _DuplicateTracker:
         self, schema: Schema, source: TableSource, options: CsvOptions
     ) -> None:
         self.unit = schema.privacy_unit
-        self._first_line = pd.Series(dtype=np.int64)
-        if self.unit.patient_id_column is None:
-            self._first_line.index = pd.Index([], dtype=np.uint64)
+        # Keys of patients seen in earlier chunks, sorted, and the line of each
+        # patient's first row.
+        key_type = object if self.unit.patient_id_column is not None else np.uint64
+        self._seen_keys: np.ndarray = np.zeros(0, dtype=key_type)
+        self._seen_lines: np.ndarray = np.zeros(0, dtype=np.int64)
         self._counts: pd.DataFrame | None = None
         if self.unit.on_duplicate == "quarantine_all":
             self._counts = _count_patient_rows(schema, source, options)
 
     def check(
         self,
-        typed: pd.DataFrame,
         checks: dict[str, ColumnCheck],
         lines: np.ndarray,
         eligible: np.ndarray,
     ) -> tuple[np.ndarray, pd.Series]:
         """Return the duplicate mask and each row's reason text."""
-        keys = _patient_keys(typed, checks, self.unit.patient_id_column)
+        keys = _patient_keys(checks, self.unit.patient_id_column)
         eligible = eligible & keys.notna().to_numpy()
         if self._counts is not None:
             return self._check_all(keys, eligible)
@@ -578,20 +643,13 @@ class _DuplicateTracker:
         first_seen = ~pd.Series(codes).duplicated().to_numpy()
         first_line = np.empty(len(uniques), dtype=np.int64)
         first_line[codes[first_seen]] = lines[positions[first_seen]]
-        known = self._first_line.index.get_indexer(uniques)
-        earlier = known >= 0
-        first_line[earlier] = self._first_line.to_numpy()[known[earlier]]
-        self._first_line = pd.concat(
-            [
-                self._first_line,
-                pd.Series(first_line[~earlier], index=uniques[~earlier]),
-            ]
-        )
+        earlier = self._lookup_earlier(uniques, first_line)
+        self._remember(uniques[~earlier], first_line[~earlier])
         row_first = first_line[codes]
         is_duplicate = row_first != lines[positions]
         mask = np.zeros(len(keys), dtype=bool)
         mask[positions[is_duplicate]] = True
-        texts = pd.Series([""] * len(keys), dtype=object)
+        texts = pd.Series(np.full(len(keys), "", dtype=object))
         label = (
             "duplicate of line "
             if self.unit.patient_id_column is None
@@ -601,6 +659,24 @@ class _DuplicateTracker:
             label + pd.Series(row_first[is_duplicate]).astype(str)
         ).to_numpy()
         return mask, texts
+
+    def _lookup_earlier(self, keys: np.ndarray, first_line: np.ndarray) -> np.ndarray:
+        """Mark keys seen in earlier chunks and copy their first line in place."""
+        if len(self._seen_keys) == 0 or len(keys) == 0:
+            return np.zeros(len(keys), dtype=bool)
+        index = np.searchsorted(self._seen_keys, keys)
+        index = np.minimum(index, len(self._seen_keys) - 1)
+        earlier = np.asarray(self._seen_keys[index] == keys, dtype=bool)
+        first_line[earlier] = self._seen_lines[index[earlier]]
+        return earlier
+
+    def _remember(self, keys: np.ndarray, first_line: np.ndarray) -> None:
+        """Add new keys, keeping the seen keys sorted for binary search."""
+        merged_keys = np.concatenate([self._seen_keys, keys])
+        merged_lines = np.concatenate([self._seen_lines, first_line])
+        order = np.argsort(merged_keys, kind="stable")
+        self._seen_keys = merged_keys[order]
+        self._seen_lines = merged_lines[order]
 
     def _check_all(
         self, keys: pd.Series, eligible: np.ndarray
@@ -622,9 +698,7 @@ class _DuplicateTracker:
         return mask, texts
 
 
-def _patient_keys(
-    typed: pd.DataFrame, checks: dict[str, ColumnCheck], id_column: str | None
-) -> pd.Series:
+def _patient_keys(checks: dict[str, ColumnCheck], id_column: str | None) -> pd.Series:
     if id_column is not None:
         check = checks[id_column]
         return check.values.where(~check.missing & ~check.invalid, None).reset_index(
@@ -633,8 +707,23 @@ def _patient_keys(
     # NOTE: rows are compared by a 64-bit hash of their typed values. A hash
     # collision between different rows quarantines the later one as a duplicate,
     # which loses a row but never admits a second row of a patient.
-    hashed = pd.util.hash_pandas_object(typed, index=False)
-    return pd.Series(hashed.to_numpy())
+    return pd.Series(_row_hashes([check.values for check in checks.values()]))
+
+
+def _row_hashes(columns: list[pd.Series]) -> np.ndarray:
+    """Combine per-column 64-bit hashes into one hash per row.
+
+    The combination is the one CPython uses for tuples (xor, then multiply by a
+    multiplier that changes per position), so column order matters.
+    """
+    rows = len(columns[0]) if columns else 0
+    combined = np.full(rows, 0x345678, dtype=np.uint64)
+    multiplier = np.uint64(1000003)
+    for position, values in enumerate(columns):
+        hashed = pd.util.hash_array(values.to_numpy())
+        combined = (combined ^ hashed) * multiplier
+        multiplier += np.uint64(82520 + 2 * (len(columns) - position))
+    return combined + np.uint64(97531)
 
 
 def _count_patient_rows(

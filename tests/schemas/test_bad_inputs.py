@@ -14,7 +14,7 @@ from schemas.errors import (
     UnreadableFileError,
 )
 from schemas.reading import CsvOptions
-from schemas.validation import validate_file
+from schemas.validation import validate_file, validate_frame
 
 HEADER = "age,sex,cp,trestbps,chol,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal,num"
 GOOD = "63,1,1,145,233,1,2,150,0,2.3,3,0,6,0"
@@ -310,3 +310,25 @@ def test_no_quarantine_when_clean(heart, tmp_path):
     result = validate_file(path, heart, quarantine)
     assert result.quarantine_path is None
     assert not quarantine.exists()
+
+
+def test_frame_input(heart, tmp_path):
+    frame = pd.read_csv(
+        pd.io.common.StringIO(
+            f"{HEADER}\n{GOOD}\n?,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n"
+        ),
+        dtype=str,
+        keep_default_na=False,
+    )
+    quarantine = tmp_path / "q.csv"
+    result = validate_frame(frame, heart, quarantine)
+    rows = quarantine_rows(quarantine)
+    assert result.accepted.index.tolist() == [1]
+    assert rows.loc[0, "line"] == "2"
+    assert rows.loc[0, "row"] == "?,1,1,145,233,1,2,150,0,2.3,3,0,6,0"
+
+
+def test_frame_without_rows(heart):
+    frame = pd.DataFrame(columns=HEADER.split(","))
+    with pytest.raises(EmptyCohortError):
+        validate_frame(frame, heart)
