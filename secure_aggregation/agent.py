@@ -306,9 +306,10 @@ class AgentSession:
         delta: npt.NDArray[np.floating[Any]],
         weight: int,
     ) -> MaskedInput:
-        """Return the masked ``weight * delta`` and this round's share bundles.
+        """Clip, quantize and mask ``weight * delta`` for one round.
 
-        The delta is clipped to L2 norm ``clipping_range`` first, and
+        Returns the masked vector with this round's share bundles. The delta is
+        clipped to L2 norm ``clipping_range`` first, and
         ``last_update_clipped`` records whether that changed it. ``weight`` is
         an integer in [1, max_weight], as ``config.weight_for`` returns.
 
@@ -321,6 +322,8 @@ class AgentSession:
                 holders than the threshold for some participant.
             ShapeMismatchError: ``delta`` does not have shape (model_size,).
             QuantizationRangeError: ``delta`` has NaN or infinite values.
+            ValueError: ``weight`` is not an integer in [1, max_weight], or not
+                ``fixed_weight`` when one is set.
 
         """
         participant_list = self._check_round_start(round_number, nonce, participants)
@@ -372,7 +375,7 @@ class AgentSession:
         dropped: Sequence[str],
         encrypted_shares: Mapping[str, bytes],
     ) -> bytes:
-        """Return this party's unmasking shares for the open round.
+        """Close the open round and return this party's unmasking shares.
 
         For each survivor, the share of its self-mask seed. For each survivor
         and each dropped neighbor of it, the share of their pairwise seed.
@@ -386,6 +389,7 @@ class AgentSession:
                 exactly, or this party is listed as dropped.
             InsufficientSurvivorsError: Fewer survivors than the threshold.
             ShareDecryptionError: A survivor's share bundle is missing or forged.
+            MalformedMessageError: A decrypted share bundle lacks its fields.
 
         """
         pending = self._check_unmask_request(round_number, nonce, survivors, dropped)
@@ -484,7 +488,11 @@ class AgentSession:
             ) from error
 
     def save(self, path: Path) -> None:
-        """Write the state to ``path`` with mode 0600, replacing it atomically."""
+        """Write the state to ``path`` with mode 0600, replacing it atomically.
+
+        Call it after every method that changes state and before sending that
+        method's output, so a restarted agent never answers a round twice.
+        """
         temporary = path.with_name(path.name + ".tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "wb") as handle:

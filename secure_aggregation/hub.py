@@ -138,9 +138,9 @@ class HubSession:
                 logger.warning("dropped advertisement of party %s: wrong id", party)
                 continue
             accepted.append(advertisement.to_dict())
+        self._require_parties(len(accepted), "key advertisements")
         self._advertisers = [entry["party_id"] for entry in accepted]
         self._key_set = None
-        self._require_parties(len(self._advertisers), "key advertisements")
         logger.info(
             "advertisement bundle: study=%s parties=%d",
             self.study_id,
