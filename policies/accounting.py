@@ -74,12 +74,19 @@ def epsilon_of_merged(
         return 0.0
     opacus_accountant = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     opacus_accountant.history = list(merged)
-    with warnings.catch_warnings():
-        # Opacus warns when the best RDP order is at the edge of its grid; the
-        # bound is still valid, only looser (more epsilon), so the warning is
-        # logged instead of shown to every caller.
-        warnings.simplefilter("ignore", UserWarning)
-        epsilon = float(opacus_accountant.get_epsilon(delta=delta))
+    try:
+        with warnings.catch_warnings():
+            # Opacus warns when the best RDP order is at the edge of its grid;
+            # the bound is still valid, only looser (more epsilon).
+            warnings.simplefilter("ignore", UserWarning)
+            epsilon = float(opacus_accountant.get_epsilon(delta=delta))
+    except (ValueError, RuntimeError, FloatingPointError, OverflowError) as error:
+        # Opacus's PRV accountant raises for a delta too small for its grid.
+        raise PolicyError(
+            f"the {accountant} accountant failed for delta={delta} and "
+            f"{len(merged)} parameter sets: {error}; use the rdp accountant or a "
+            "larger delta"
+        ) from error
     if math.isnan(epsilon) or epsilon < 0:
         raise PolicyError(
             f"the {accountant} accountant returned epsilon={epsilon} for "

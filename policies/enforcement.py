@@ -221,19 +221,22 @@ def check_instruction(
     _check_static_limits(policy, instruction, len(study_history), cohort_size)
 
     study_after = [*study_history, instruction.dp]
-    epsilon_study = compute_epsilon(
-        study_after, instruction.delta, instruction.accountant
-    )
+    all_after = [*all_history, instruction.dp]
+    try:
+        epsilon_study = compute_epsilon(
+            study_after, instruction.delta, instruction.accountant
+        )
+        epsilon_total = compute_epsilon(
+            all_after, policy.delta_for_total, policy.total_accountant
+        )
+    except PolicyError as error:
+        raise _reject("accounting", f"epsilon cannot be computed: {error}") from None
     if not epsilon_study <= policy.max_epsilon_per_study:
         raise _reject(
             "max_epsilon_per_study",
             f"epsilon after round {instruction.round} would be {epsilon_study:.4f}, "
             f"above the maximum {policy.max_epsilon_per_study}",
         )
-    all_after = [*all_history, instruction.dp]
-    epsilon_total = compute_epsilon(
-        all_after, policy.delta_for_total, policy.total_accountant
-    )
     if not epsilon_total <= policy.max_epsilon_total:
         raise _reject(
             "max_epsilon_total",
@@ -293,7 +296,11 @@ def select_hospitals(
             )
             continue
         budget = study.epsilon_budget_for(hospital_id)
-        epsilon = compute_epsilon([*history, dp], study.delta, study.accountant)
+        try:
+            epsilon = compute_epsilon([*history, dp], study.delta, study.accountant)
+        except PolicyError as error:
+            selection.skipped[hospital_id] = f"epsilon cannot be computed: {error}"
+            continue
         if not epsilon <= budget:
             selection.skipped[hospital_id] = (
                 f"epsilon after this round would be {epsilon:.4f}, above its "

@@ -173,6 +173,11 @@ def test_invalid_delta_or_accountant_raises(delta: float, accountant: str) -> No
         compute_epsilon([dp()], delta, accountant)
 
 
+def test_prv_tiny_delta_raises() -> None:
+    with pytest.raises(PolicyError, match="prv accountant failed"):
+        compute_epsilon([dp()], 1e-300, "prv")
+
+
 parameters = st.builds(
     dp,
     noise_multiplier=st.floats(0.6, 5.0),

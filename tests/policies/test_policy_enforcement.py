@@ -129,6 +129,13 @@ def test_study_epsilon_rejected() -> None:
     assert "3.0" in raised.value.reason
 
 
+def test_accounting_failure_rejected() -> None:
+    policy = _policy(max_delta=1e-4, total_delta=1e-300, total_accountant="prv")
+    with pytest.raises(InstructionRejected) as raised:
+        check_instruction(policy, _instruction(), [], [], COHORT)
+    assert raised.value.limit == "accounting"
+
+
 def test_total_epsilon_rejected() -> None:
     other_studies = [dp(1.0, 0.3, 10)] * 5
     with pytest.raises(InstructionRejected) as raised:
