@@ -13,11 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from federation_hub.config import load_hub_config
 from federation_hub.credentials import (
     FederationCredentials,
     create_federation_credentials,
+    load_federation_credentials,
 )
+from federation_hub.demo import create_demo_federation
 from federation_hub.deployment import (
     DEPLOYMENT_MARKER_VARIABLE,
     NO_PHONE_HOME_ENVIRONMENT,
@@ -25,10 +29,12 @@ from federation_hub.deployment import (
     LoopbackDeployment,
     RunFailedError,
 )
+from federation_hub.report import REPORT_FILE
 
 pytestmark = pytest.mark.deployment
 
 PROBE_APP = Path(__file__).parent / "probe_app"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENROLLED = ["cleveland", "hungary", "switzerland", "va-long-beach"]
 UNENROLLED = "intruder"
 REFUSAL_WAIT_SECONDS = 60
@@ -229,3 +235,34 @@ def test_no_listener_outside_loopback(deployment: LoopbackDeployment) -> None:
     assert addresses
     for address in addresses:
         assert address in LOOPBACK_HEX, address
+
+
+@pytest.mark.slow
+def test_healthfed_app_one_round(tmp_path: Path) -> None:
+    # The project's own ServerApp and ClientApp on four SuperNodes, one round
+    # of the heart-disease demo study.
+    federation = create_demo_federation(tmp_path / "federation")
+    study_path = federation / "study.yaml"
+    study = yaml.safe_load(study_path.read_text(encoding="utf-8"))
+    study["rounds"] = 1
+    study_path.write_text(yaml.safe_dump(study), encoding="utf-8")
+    credentials = load_federation_credentials(federation)
+    agent_configs = {
+        h.hospital_id: federation / "hospitals" / h.hospital_id / "agent.yaml"
+        for h in credentials.hospitals
+    }
+
+    with LoopbackDeployment(
+        tmp_path / "deployment", credentials, agent_configs
+    ) as running:
+        result = running.run_app(
+            PROJECT_ROOT, {"federation-dir": str(federation)}, timeout_seconds=300
+        )
+
+    report_path = load_hub_config(federation).reports_dir / REPORT_FILE
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert result.status == "finished:completed"
+    assert len(agent_configs) == 4
+    assert sorted(row["hospital_id"] for row in report["budget"]) == sorted(
+        agent_configs
+    )

@@ -1,8 +1,15 @@
 """ServerApp that queries every SuperNode and times each round trip.
 
 Run config: `expected-nodes` (SuperNodes to wait for), `rounds` (query rounds),
-`fail` (raise after the rounds, to produce a failed run) and `report-path`
-(a JSON file that receives the node configs and round-trip times, or "").
+`fail` (raise after the rounds, to produce a failed run), `send-and-receive`
+(collect replies with `grid.send_and_receive`, which polls every 3 s, instead of
+a 0.05 s `pull_messages` loop) and `report-path` (a JSON file that receives the
+node configs and timings, or "").
+
+Timings per round: `round_trip_seconds` from pushing the queries to the last
+reply; per reply, `dispatch_seconds` from the push to the ClientApp handler and
+`return_seconds` from the handler to the reply's arrival (wall clock, valid on
+one machine).
 """
 
 import json
@@ -31,13 +38,20 @@ def main(grid: Grid, context: Context) -> None:
     rounds = int(context.run_config["rounds"])
     node_ids = _wait_for_nodes(grid, expected)
 
+    use_send_and_receive = bool(context.run_config["send-and-receive"])
     round_trip_seconds: list[float] = []
+    dispatch_seconds: list[float] = []
+    return_seconds: list[float] = []
     agent_configs: dict[str, str] = {}
     for round_number in range(1, rounds + 1):
         started = time.monotonic()
-        replies = _query_all(grid, node_ids, round_number)
+        pushed_at = time.time()
+        replies = _query_all(grid, node_ids, round_number, use_send_and_receive)
         round_trip_seconds.append(time.monotonic() - started)
-        agent_configs = {str(node): config for node, config in replies.items()}
+        for _, handled_at, received_at in replies.values():
+            dispatch_seconds.append(handled_at - pushed_at)
+            return_seconds.append(received_at - handled_at)
+        agent_configs = {str(node): reply[0] for node, reply in replies.items()}
 
     report_path = str(context.run_config["report-path"])
     if report_path:
@@ -45,6 +59,8 @@ def main(grid: Grid, context: Context) -> None:
             "nodes": len(node_ids),
             "agent_configs": agent_configs,
             "round_trip_seconds": round_trip_seconds,
+            "dispatch_seconds": dispatch_seconds,
+            "return_seconds": return_seconds,
         }
         Path(report_path).write_text(json.dumps(report, indent=2), encoding="utf-8")
 
@@ -66,7 +82,10 @@ def _wait_for_nodes(grid: Grid, expected: int) -> list[int]:
         time.sleep(0.2)
 
 
-def _query_all(grid: Grid, node_ids: list[int], round_number: int) -> dict[int, str]:
+def _query_all(
+    grid: Grid, node_ids: list[int], round_number: int, use_send_and_receive: bool
+) -> dict[int, tuple[str, float, float]]:
+    """Query every node; return node -> (agent-config, handled-at, received-at)."""
     nonces = {node: secrets.token_hex(8) for node in node_ids}
     messages = [
         Message(
@@ -77,21 +96,37 @@ def _query_all(grid: Grid, node_ids: list[int], round_number: int) -> dict[int, 
         )
         for node in node_ids
     ]
+    if use_send_and_receive:
+        replies: dict[int, tuple[str, float, float]] = {}
+        for reply in grid.send_and_receive(messages, timeout=REPLY_WAIT_SECONDS):
+            received_at = time.time()
+            node, agent_config, handled_at = _check(reply, nonces)
+            replies[node] = (agent_config, handled_at, received_at)
+        if len(replies) != len(node_ids):
+            raise ProbeFailure(f"{len(node_ids) - len(replies)} replies missing")
+        return replies
+
     pending = set(grid.push_messages(messages))
-    replies: dict[int, str] = {}
+    replies = {}
     deadline = time.monotonic() + REPLY_WAIT_SECONDS
     while pending:
         for reply in grid.pull_messages(list(pending)):
+            received_at = time.time()
             pending.discard(reply.metadata.reply_to_message_id)
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                raise ProbeFailure(f"node {node} replied with error {reply.error}")
-            probe = reply.content["probe"]
-            if probe["nonce"] != nonces[node]:
-                raise ProbeFailure(f"node {node} echoed a wrong nonce")
-            replies[node] = str(probe["agent-config"])
+            node, agent_config, handled_at = _check(reply, nonces)
+            replies[node] = (agent_config, handled_at, received_at)
         if pending and time.monotonic() > deadline:
             raise ProbeFailure(f"{len(pending)} replies missing after round trip wait")
         if pending:
             time.sleep(POLL_SECONDS)
     return replies
+
+
+def _check(reply: Message, nonces: dict[int, str]) -> tuple[int, str, float]:
+    node = reply.metadata.src_node_id
+    if reply.has_error():
+        raise ProbeFailure(f"node {node} replied with error {reply.error}")
+    probe = reply.content["probe"]
+    if probe["nonce"] != nonces[node]:
+        raise ProbeFailure(f"node {node} echoed a wrong nonce")
+    return node, str(probe["agent-config"]), float(probe["handled-at"])
