@@ -103,11 +103,12 @@ def compute_epsilon(
     Args:
         history: every round spent so far on the same records, in any order.
         delta: target delta in (0, 1).
-        accountant: ``"rdp"`` for Opacus's RDPAccountant (conversion of
-            Balle et al., AISTATS 2020, Theorem 21, over Opacus's default orders
-            1.1-63), or ``"prv"`` for Opacus's PRVAccountant (Gopi, Lee and
-            Wutschitz, NeurIPS 2021) with its default ``eps_error`` 0.01, which
-            returns the upper end of its error interval.
+        accountant: ``"rdp"`` or ``"prv"``. ``"rdp"`` is Opacus's
+            RDPAccountant over its default orders 1.1-63, with the conversion of
+            Balle et al., AISTATS 2020, Theorem 21. ``"prv"`` is Opacus's
+            PRVAccountant (Gopi, Lee and Wutschitz, NeurIPS 2021) with its
+            default ``eps_error`` 0.01. It returns the upper end of its error
+            interval.
 
     Returns:
         Epsilon, 0.0 for an empty history. Both accountants give an

@@ -50,7 +50,7 @@ class StudyStopped(Exception):
 
 
 class RoundInstruction(FrozenModel):
-    """What the hub asks one hospital to do in one round, minus the model."""
+    """The hub's request to one hospital for one round, without the model."""
 
     study_id: Identifier
     round: Annotated[int, Strict(), Field(ge=1)]

@@ -138,7 +138,7 @@ def load_private_key(
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise IdentityKeyError(
-            f"{path} holds a {type(key).__name__}, not an Ed25519 private key"
+            f"{path} contains a {type(key).__name__}, not an Ed25519 private key"
         )
     return key
 
@@ -159,6 +159,6 @@ def load_public_key(path: str | Path) -> Ed25519PublicKey:
         ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise IdentityKeyError(
-            f"{path} holds a {type(key).__name__}, not an Ed25519 public key"
+            f"{path} contains a {type(key).__name__}, not an Ed25519 public key"
         )
     return key

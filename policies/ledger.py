@@ -417,8 +417,8 @@ class Ledger:
         Idempotent for the same (study_id, round, nonce, hospital_id): a retry
         with the same DP parameters, accountant and delta returns the stored
         entry, with its original ``epsilon_after``, and spends nothing more.
-        A retry recomputes ``epsilon_after`` over a history that already holds
-        the first attempt, so that value is not compared. An agent should call
+        A retry recomputes ``epsilon_after`` over a history that already
+        contains the first attempt, so that value is not compared. An agent should call
         :meth:`find_spend` before checking an instruction, so that a retried
         round is neither checked nor counted twice.
 

@@ -282,8 +282,8 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"]) or "(document)"
         received = item.get("input")
-        shown = received if _is_scalar(received) else type(received).__name__
-        lines.append(f"  {location}: {item['msg']} (received {shown!r})")
+        displayed = received if _is_scalar(received) else type(received).__name__
+        lines.append(f"  {location}: {item['msg']} (received {displayed!r})")
     return "\n".join(lines)
 
 

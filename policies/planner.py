@@ -37,7 +37,7 @@ def plan_study(study: StudyPolicy) -> StudyPlan:
     Raises:
         PlanError: no noise multiplier reaches the target, or some planned
             round would have fewer hospitals within budget than
-            ``min_hospitals_per_round``; the reason names the round, the
+            ``min_hospitals_per_round``. The reason names the round, the
             epsilon and the hospitals.
 
     """

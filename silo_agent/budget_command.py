@@ -44,8 +44,8 @@ def budget(
 ) -> None:
     """Verify the ledger, then show epsilon spent and left per study and in total.
 
-    Epsilon is replayed from every spend in the ledger with the accountant and
-    delta recorded for each study; the total over all studies uses the
+    Epsilon is replayed from every spend in the ledger, with the accountant and
+    delta recorded for each study. The total over all studies uses the
     policy's total_accountant at total_delta. Exit code 1 when the ledger fails
     verification, 2 when an input is invalid.
     """
