@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,3 +25,27 @@ def edit_yaml(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
 def demo_federation(tmp_path: Path) -> Path:
     """A fresh four-hospital federation folder with its own keys and ledgers."""
     return create_demo_federation(tmp_path / "federation")
+
+
+MARKER_VARIABLE = "HEALTHFED_TEST_PROCESS_MARKER"
+
+
+def kill_marked_processes(marker: str) -> None:
+    """SIGKILL every process whose environment carries ``marker``.
+
+    Ray starts its workers outside the killed process group, so killing the
+    group alone can leave them running.
+    """
+    needle = f"{MARKER_VARIABLE}={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environment.split(b"\0"):
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
