@@ -13,9 +13,11 @@ Run: ``.venv/bin/python benchmarks/bench_validation.py [--rows N] [--repeats R]`
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,12 +106,17 @@ def pandera_schema(schema: Schema) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, unique=list(schema.column_names))
 
 
-def time_runs(function, repeats: int) -> list[float]:
-    durations = []
+def time_interleaved(
+    functions: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, list[float]]:
+    """Time each function ``repeats`` times, round-robin, so that load from other
+    processes on the machine affects every contestant alike."""
+    durations: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        durations.append(time.perf_counter() - start)
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            durations[name].append(time.perf_counter() - start)
     return durations
 
 
@@ -143,23 +150,21 @@ def main() -> None:
             na_values=["?", "", "NA"],
         )
         checker = pandera_schema(schema)
-        runs = {
-            "pandas read_csv alone": time_runs(
-                lambda: pd.read_csv(path, header=None), args.repeats
+        functions: dict[str, Callable[[], object]] = {
+            "pandas read_csv alone": lambda: pd.read_csv(path, header=None),
+            "validate_file (whole command)": lambda: validate_file(
+                path, schema, quarantine, keep_accepted=False
             ),
-            "validate_file (whole command)": time_runs(
-                lambda: validate_file(path, schema, quarantine, keep_accepted=False),
-                args.repeats,
-            ),
-            "our checks on the DataFrame": time_runs(
-                lambda: our_checks(read_frame, schema), args.repeats
-            ),
-            "pandera lazy on the DataFrame": time_runs(
-                lambda: pandera_checks(read_frame, checker), args.repeats
+            "our checks on the DataFrame": lambda: our_checks(read_frame, schema),
+            "pandera lazy on the DataFrame": lambda: pandera_checks(
+                read_frame, checker
             ),
         }
+        runs = time_interleaved(functions, args.repeats)
     medians = {name: statistics.median(values) for name, values in runs.items()}
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"rows: {args.rows}, repeats: {args.repeats} (median seconds)")
+    print(f"load average after the run (1, 5, 15 min): {load}")
     for name, seconds in medians.items():
         print(f"{name:32s} {seconds:8.3f} s {args.rows / seconds:12,.0f} rows/s")
     read = medians["pandas read_csv alone"]

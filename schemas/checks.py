@@ -28,7 +28,7 @@ _NUMBER_PATTERN = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 class ColumnCheck:
     """Typed values of one column and a boolean mask per kind of problem.
 
-    ``values`` holds NaN (or NaT, or None for text) wherever the value is missing
+    ``values`` contains NaN (or NaT, or None for text) wherever the value is missing
     or failed a check. The masks are disjoint except ``implausible``, which is a
     warning on values that passed every other check.
     """

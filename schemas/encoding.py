@@ -79,7 +79,7 @@ class FeatureEncoder:
         ``frame`` has the typed columns of ``ValidationResult.accepted``.
 
         Raises:
-            ValueError: a feature column is absent, or holds a missing value that
+            ValueError: a feature column is absent, or contains a missing value that
                 the schema does not impute (such rows should have been quarantined).
 
         """

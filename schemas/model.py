@@ -75,7 +75,7 @@ class DateRange(_Frozen):
 
 
 class MissingPolicy(_Frozen):
-    """What a missing value in a column means for training.
+    """Rule for a missing value in a column, applied by validation and encoding.
 
     ``reject`` quarantines the row. ``impute`` replaces the value with the declared
     ``value`` at encoding time, and ``indicator: true`` adds a 0/1 feature that is 1
@@ -425,7 +425,7 @@ class Label(_Frozen):
 
 
 class PrivacyUnit(_Frozen):
-    """How the validator recognises several rows of one patient.
+    """Rule that identifies several rows of one patient, the privacy unit.
 
     Record-level differential privacy equals patient-level privacy only when each
     patient contributes one row. With a patient-id column, rows sharing an id are

@@ -3,7 +3,7 @@
 CSV files are sniffed for encoding, delimiter and header, then parsed by pandas'
 C engine in chunks, so a file larger than memory is never loaded whole. The raw
 text of a quarantined row is read back from the file's bytes by line number, so
-the quarantine file holds the row exactly as written.
+the quarantine file contains the row exactly as written.
 """
 
 from __future__ import annotations
@@ -141,6 +141,45 @@ def detect_delimiter(sample_text: str) -> str:
 
 def open_csv(path: Path, schema: Schema, options: CsvOptions) -> TableSource:
     """Sniff a CSV file's layout and map its columns to the schema."""
+    encoding, sample, temporary = _read_sample(path, options.encoding)
+    try:
+        sample_text = sample.decode(encoding, errors="ignore").lstrip("\ufeff")
+        delimiter = options.delimiter or detect_delimiter(sample_text)
+        header, file_columns = _column_layout(
+            path, schema, _first_row(sample_text, delimiter), options.header
+        )
+    except BaseException:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        raise
+    extra = tuple(name for name in file_columns if name not in schema.column_names)
+    logger.info(
+        "Reading %s as CSV (encoding %s, delimiter %r, header %s)",
+        path,
+        encoding,
+        delimiter,
+        header,
+    )
+    return TableSource(
+        path=path,
+        kind="csv",
+        encoding=encoding,
+        delimiter=delimiter,
+        header=header,
+        file_columns=file_columns,
+        extra_columns=extra,
+        _temporary=temporary,
+    )
+
+
+def _read_sample(
+    path: Path, declared_encoding: str | None
+) -> tuple[str, bytes, Path | None]:
+    """Return the encoding to parse with, the first bytes, and a UTF-8 copy.
+
+    UTF-16 and UTF-32 files are copied to a temporary UTF-8 file, because the
+    line reader and pandas' C parser need newline bytes that are whole characters.
+    """
     try:
         with path.open("rb") as handle:
             sample = handle.read(SNIFF_BYTES)
@@ -152,81 +191,60 @@ def open_csv(path: Path, schema: Schema, options: CsvOptions) -> TableSource:
         raise EmptyCohortError(
             path, "the file is empty", "export the cohort again with its rows"
         )
-    encoding = options.encoding or detect_encoding(path, sample)
+    encoding = declared_encoding or detect_encoding(path, sample)
     try:
-        codecs.lookup(encoding)
+        codec = codecs.lookup(encoding).name
     except LookupError as exc:
         raise UnreadableFileError(
-            path, f"unknown encoding {encoding!r}", "pass a Python codec name"
+            path,
+            f"unknown encoding {encoding!r}",
+            "pass a Python codec name such as utf-8 or cp1252",
         ) from exc
-    temporary = None
-    if _needs_transcoding(encoding):
-        temporary = _transcode_to_utf8(path, encoding)
-        encoding = "utf-8"
-        with temporary.open("rb") as handle:
-            sample = handle.read(SNIFF_BYTES)
-    try:
-        sample_text = sample.decode(encoding, errors="ignore")
-    except LookupError as exc:  # pragma: no cover - checked above
-        raise UnreadableFileError(path, str(exc), "pass a valid encoding") from exc
-    sample_text = sample_text.lstrip("\ufeff")
-    delimiter = options.delimiter or detect_delimiter(sample_text)
-    first_fields = _first_row(sample_text, delimiter)
-    header = options.header
+    if codec == "utf-8" and sample.startswith(codecs.BOM_UTF8):
+        # A declared UTF-8 file with a byte-order mark: drop the mark, so that it
+        # does not become part of the first column name.
+        encoding = "utf-8-sig"
+    if not codec.startswith(("utf-16", "utf-32")):
+        return encoding, sample, None
+    temporary = _transcode_to_utf8(path, encoding)
+    with temporary.open("rb") as handle:
+        return "utf-8", handle.read(SNIFF_BYTES), temporary
+
+
+def _column_layout(
+    path: Path, schema: Schema, first_fields: list[str], header: bool | None
+) -> tuple[bool, tuple[str, ...]]:
+    """Return whether the file has a header, and its column names in order."""
     if header is None:
         header = bool(set(first_fields) & set(schema.column_names))
-    if header:
-        file_columns = tuple(first_fields)
-        duplicated = sorted(
-            {name for name in file_columns if file_columns.count(name) > 1}
-            & set(schema.column_names)
-        )
-        if duplicated:
-            raise UnreadableFileError(
-                path,
-                f"the header names columns {duplicated} more than once",
-                "rename or remove the repeated columns",
-            )
-    else:
-        file_columns = schema.column_names
-        if len(first_fields) != len(file_columns):
+    if not header:
+        if len(first_fields) != len(schema.column_names):
             raise UnreadableFileError(
                 path,
                 f"the file has no header and {len(first_fields)} fields per row, "
-                f"but the schema declares {len(file_columns)} columns in order",
+                f"but the schema declares {len(schema.column_names)} columns in "
+                "order",
                 "add a header row naming the columns, or pass the right delimiter",
             )
-    extra = tuple(name for name in file_columns if name not in schema.column_names)
-    source = TableSource(
-        path=path,
-        kind="csv",
-        encoding=encoding,
-        delimiter=delimiter,
-        header=header,
-        file_columns=file_columns,
-        extra_columns=extra,
-        _temporary=temporary,
+        return False, schema.column_names
+    file_columns = tuple(first_fields)
+    duplicated = sorted(
+        {name for name in file_columns if file_columns.count(name) > 1}
+        & set(schema.column_names)
     )
-    logger.info(
-        "Reading %s as CSV (encoding %s, delimiter %r, header %s)",
-        path,
-        encoding,
-        delimiter,
-        header,
-    )
-    return source
+    if duplicated:
+        raise UnreadableFileError(
+            path,
+            f"the header names columns {duplicated} more than once",
+            "rename or remove the repeated columns",
+        )
+    return True, file_columns
 
 
 def _first_row(sample_text: str, delimiter: str) -> list[str]:
     reader = csv.reader(sample_text.splitlines()[:1], delimiter=delimiter)
     row = next(reader, [])
     return [cell.strip() for cell in row]
-
-
-def _needs_transcoding(encoding: str) -> bool:
-    """Return whether a newline byte may be part of another character."""
-    name = codecs.lookup(encoding).name
-    return name.startswith(("utf-16", "utf-32"))
 
 
 def _transcode_to_utf8(path: Path, encoding: str) -> Path:
@@ -521,17 +539,17 @@ class LineReader:
 
     def read(self, line_numbers: np.ndarray) -> list[bytes]:
         """Return the raw bytes of each requested line, without its line ending."""
-        wanted = np.asarray(line_numbers, dtype=np.int64)
+        requested = np.asarray(line_numbers, dtype=np.int64)
         found: list[bytes] = []
         position = 0
-        while position < len(wanted):
+        while position < len(requested):
             last_line = self._first_line + len(self._ends) - 1
-            if wanted[position] > last_line:
+            if requested[position] > last_line:
                 if not self._load_next_block():
                     break
                 continue
-            stop = int(np.searchsorted(wanted, last_line, side="right"))
-            index = wanted[position:stop] - self._first_line
+            stop = int(np.searchsorted(requested, last_line, side="right"))
+            index = requested[position:stop] - self._first_line
             ends = self._ends[index]
             starts = np.where(index > 0, self._ends[np.maximum(index - 1, 0)] + 1, 0)
             block = self._block

@@ -2,8 +2,8 @@
 
 Every input row lands exactly once: in ``ValidationResult.accepted`` or in the
 quarantine file, which keeps the row exactly as written with its line number and
-every reason. The input file is never modified. All checks are vectorized over
-columns; no code loops over the rows of a chunk.
+every reason. The input file is only read. All checks are vectorized over
+columns. Only the writing of quarantined rows handles them one at a time.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class ValidationReport:
 class ValidationResult:
     """Accepted rows and the report of one validation run.
 
-    ``accepted`` holds typed values with missing values as NaN (NaT for dates,
+    ``accepted`` contains typed values with missing values as NaN (NaT for dates,
     None for text), indexed by the row's 1-based line number in the file. Its
     columns are the schema's columns in schema order. It is empty when the run
     was asked not to keep accepted rows.
@@ -478,10 +478,13 @@ def _validate_chunk(
 
     if not keep_accepted:
         return None
-    kept = ~quarantined
+    accepted_mask = ~quarantined
     accepted = pd.DataFrame(
-        {name: check.values.to_numpy()[kept] for name, check in checks.items()},
-        index=pd.Index(chunk.lines[kept], name="line"),
+        {
+            name: check.values.to_numpy()[accepted_mask]
+            for name, check in checks.items()
+        },
+        index=pd.Index(chunk.lines[accepted_mask], name="line"),
     )
     return accepted
 
@@ -613,11 +616,9 @@ class _DuplicateTracker:
         self, schema: Schema, source: TableSource, options: CsvOptions
     ) -> None:
         self.unit = schema.privacy_unit
-        # Keys of patients seen in earlier chunks, sorted, and the line of each
-        # patient's first row.
-        key_type = object if self.unit.patient_id_column is not None else np.uint64
-        self._seen_keys: np.ndarray = np.zeros(0, dtype=key_type)
-        self._seen_lines: np.ndarray = np.zeros(0, dtype=np.int64)
+        # Keys of patients seen in earlier chunks (disjoint hash indexes) and the
+        # line of each patient's first row.
+        self._seen: list[tuple[pd.Index, np.ndarray]] = []
         self._counts: pd.DataFrame | None = None
         if self.unit.on_duplicate == "quarantine_all":
             self._counts = _count_patient_rows(schema, source, options)
@@ -649,7 +650,7 @@ class _DuplicateTracker:
         is_duplicate = row_first != lines[positions]
         mask = np.zeros(len(keys), dtype=bool)
         mask[positions[is_duplicate]] = True
-        texts = pd.Series(np.full(len(keys), "", dtype=object))
+        texts = pd.Series(np.full(len(keys), "", dtype=object), dtype=object)
         label = (
             "duplicate of line "
             if self.unit.patient_id_column is None
@@ -662,21 +663,30 @@ class _DuplicateTracker:
 
     def _lookup_earlier(self, keys: np.ndarray, first_line: np.ndarray) -> np.ndarray:
         """Mark keys seen in earlier chunks and copy their first line in place."""
-        if len(self._seen_keys) == 0 or len(keys) == 0:
-            return np.zeros(len(keys), dtype=bool)
-        index = np.searchsorted(self._seen_keys, keys)
-        index = np.minimum(index, len(self._seen_keys) - 1)
-        earlier = np.asarray(self._seen_keys[index] == keys, dtype=bool)
-        first_line[earlier] = self._seen_lines[index[earlier]]
+        earlier = np.zeros(len(keys), dtype=bool)
+        for seen_keys, seen_lines in self._seen:
+            found = seen_keys.get_indexer(keys)
+            hit = found >= 0
+            first_line[hit] = seen_lines[found[hit]]
+            earlier |= hit
         return earlier
 
     def _remember(self, keys: np.ndarray, first_line: np.ndarray) -> None:
-        """Add new keys, keeping the seen keys sorted for binary search."""
-        merged_keys = np.concatenate([self._seen_keys, keys])
-        merged_lines = np.concatenate([self._seen_lines, first_line])
-        order = np.argsort(merged_keys, kind="stable")
-        self._seen_keys = merged_keys[order]
-        self._seen_lines = merged_lines[order]
+        """Add keys not seen before as a new level, merging levels of equal size.
+
+        The levels form a log-structured merge: each key is copied O(log chunks)
+        times, and a lookup probes O(log chunks) hash indexes.
+        """
+        self._seen.append((pd.Index(keys), first_line))
+        while len(self._seen) > 1 and len(self._seen[-1][0]) >= len(self._seen[-2][0]):
+            newer_keys, newer_lines = self._seen.pop()
+            older_keys, older_lines = self._seen.pop()
+            self._seen.append(
+                (
+                    older_keys.append(newer_keys),
+                    np.concatenate([older_lines, newer_lines]),
+                )
+            )
 
     def _check_all(
         self, keys: pd.Series, eligible: np.ndarray

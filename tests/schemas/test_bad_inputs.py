@@ -332,3 +332,15 @@ def test_frame_without_rows(heart):
     frame = pd.DataFrame(columns=HEADER.split(","))
     with pytest.raises(EmptyCohortError):
         validate_frame(frame, heart)
+
+
+def test_bom_with_declared_utf8(heart, tmp_path):
+    path = write(tmp_path, f"{HEADER}\n{GOOD}\n", encoding="utf-8-sig")
+    result = validate_file(path, heart, options=CsvOptions(encoding="utf-8"))
+    assert result.accepted_rows == 1
+
+
+def test_unknown_encoding(heart, tmp_path):
+    path = write(tmp_path, f"{GOOD}\n")
+    with pytest.raises(UnreadableFileError, match="unknown encoding"):
+        validate_file(path, heart, options=CsvOptions(encoding="klingon-8"))
