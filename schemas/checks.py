@@ -92,14 +92,27 @@ def _text_tokens(column: BooleanColumn) -> bool:
     return any(isinstance(v, str) for v in (*column.true_values, *column.false_values))
 
 
-def _parse_numbers(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return float values, the missing mask and the wrong-type mask."""
+def _parse_numbers(
+    raw: pd.Series,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Return float values, the missing and wrong-type masks, and integrality.
+
+    The flag is True when pandas parsed the column as integers, so no value can
+    have a fractional part and none can be missing.
+    """
+    rows = len(raw)
+    if pd.api.types.is_integer_dtype(raw.dtype) and not isinstance(
+        raw.dtype, pd.api.extensions.ExtensionDtype
+    ):
+        values = raw.to_numpy().astype(np.float64)
+        nothing = np.zeros(rows, dtype=bool)
+        return values, nothing, nothing.copy(), True
     missing = raw.isna().to_numpy()
     if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(
         raw.dtype
     ):
         values = raw.to_numpy(dtype=np.float64, na_value=np.nan)
-        wrong = np.zeros(len(raw), dtype=bool)
+        wrong = np.zeros(rows, dtype=bool)
     else:
         values = _parse_text_numbers(raw)
         wrong = np.isnan(values) & ~missing
@@ -107,7 +120,7 @@ def _parse_numbers(raw: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if infinite.any():
         wrong |= infinite
         values = np.where(infinite, np.nan, values)
-    return values, missing, wrong
+    return values, missing, wrong, False
 
 
 def _parse_text_numbers(raw: pd.Series) -> np.ndarray:
@@ -159,13 +172,12 @@ def _outside(values: np.ndarray, bounds: Range | DateRange | None) -> np.ndarray
 
 
 def _check_numeric(raw: pd.Series, column: Column, schema: Schema) -> ColumnCheck:
-    values, missing, wrong = _parse_numbers(raw)
+    values, missing, wrong, integral = _parse_numbers(raw)
     markers = _numeric_markers(column, schema)
     if markers:
-        marked = np.isin(values, markers)
-        missing = missing | marked
+        missing = missing | np.isin(values, markers)
     present = ~missing & ~wrong
-    if column.type == "integer":
+    if column.type == "integer" and not integral:
         wrong = wrong | (present & (values != np.round(values)))
         present = present & ~wrong
     invalid_code = np.zeros(len(values), dtype=bool)
@@ -187,7 +199,7 @@ def _check_numeric(raw: pd.Series, column: Column, schema: Schema) -> ColumnChec
             getattr(column, "plausible_range", None),
         )
     bad = missing | wrong | invalid_code | out
-    typed = np.where(bad, np.nan, values)
+    typed = np.where(bad, np.nan, values) if bad.any() else values
     return ColumnCheck(
         values=pd.Series(typed, index=raw.index, name=column.name),
         missing=missing,

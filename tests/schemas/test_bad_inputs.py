@@ -344,3 +344,44 @@ def test_unknown_encoding(heart, tmp_path):
     path = write(tmp_path, f"{GOOD}\n")
     with pytest.raises(UnreadableFileError, match="unknown encoding"):
         validate_file(path, heart, options=CsvOptions(encoding="klingon-8"))
+
+
+def test_integer_patient_id(icu, tmp_path):
+    document = icu.model_dump()
+    document["columns"] = list(document["columns"])
+    document["columns"][0] = {
+        "name": "patient_id",
+        "type": "integer",
+        "feature": False,
+        "hard_range": {"min": 1, "max": 999999},
+    }
+    schema = type(icu).model_validate(document)
+    rows = [icu_row("17"), icu_row("17.0", "died"), icu_row("18")]
+    path = write(tmp_path, ICU_HEADER + "\n" + "\n".join(rows) + "\n")
+    result = validate_file(path, schema)
+    assert result.accepted.index.tolist() == [4]
+    assert result.report.duplicate_rows == 2
+
+
+def test_parquet_dates(icu, tmp_path):
+    frame = pd.DataFrame(
+        {
+            "patient_id": ["P000001", "P000002"],
+            "admitted_on": pd.to_datetime(["2021-03-04", "1990-01-01"]),
+            "birth_date": pd.to_datetime(["1950-02-01", "1960-01-01"]),
+            "sex": ["F", None],
+            "heart_rate": [88, None],
+            "mean_arterial_pressure": [75.5, 0.0],
+            "lactate": [2.1, None],
+            "ventilated": ["yes", "no"],
+            "outcome": ["home", "died"],
+        }
+    )
+    path = tmp_path / "icu.parquet"
+    frame.to_parquet(path)
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, icu, quarantine)
+    assert result.accepted.index.tolist() == [1]
+    assert result.report.columns["admitted_on"].out_of_range == 1
+    assert result.report.columns["mean_arterial_pressure"].missing == 1
+    assert quarantine_rows(quarantine).loc[0, "line"] == "2"

@@ -1,6 +1,7 @@
 """Schema language: loading, content hash, errors with locations, JSON Schema."""
 
 import datetime as dt
+import hashlib
 
 import jsonschema
 import pytest
@@ -76,11 +77,53 @@ def test_hash_distinguishes_code_types(heart_text, tmp_path):
     )
 
 
-def test_hash_known_value():
-    # Pins the canonical form: a change to it must be a deliberate schema break.
-    schema = load_schema(HEART_DISEASE_SCHEMA_PATH)
-    assert len(schema.content_hash) == 64
-    assert schema.content_hash == load_schema(HEART_DISEASE_SCHEMA_PATH).content_hash
+TINY_SCHEMA = """\
+name: tiny
+version: 1.0.0
+columns:
+  - name: sex
+    type: categorical
+    codes: {0: female, 1: male}
+  - name: y
+    type: boolean
+    feature: false
+label: {column: y, kind: binary, classes: [neg, pos], mapping: {0: neg, 1: pos}}
+privacy_unit:
+  patient_id_column: null
+  duplicate_key: all_columns
+  on_duplicate: keep_first
+"""
+
+# Known answer for TINY_SCHEMA: defaults filled in, keys sorted, code tables as
+# [code, meaning] pairs. Any change to the canonical form changes every pinned
+# hash, so it must fail here first.
+TINY_CANONICAL = (
+    '{"columns":[{"codes":[[0,"female"],[1,"male"]],"description":"",'
+    '"feature":true,"missing":{"action":"reject","indicator":false,"value":null},'
+    '"missing_values":[],"name":"sex","required":true,"type":"categorical",'
+    '"unit":null},{"description":"","false_values":[0,"false","no"],'
+    '"feature":false,"missing":{"action":"reject","indicator":false,"value":null},'
+    '"missing_values":[],"name":"y","required":true,"true_values":[1,"true","yes"],'
+    '"type":"boolean","unit":null}],"description":"","label":{"classes":["neg",'
+    '"pos"],"column":"y","kind":"binary","mapping":[[0,"neg"],[1,"pos"]]},'
+    '"missing_values":["?","","NA"],"name":"tiny","privacy_unit":{"duplicate_key":'
+    '"all_columns","on_duplicate":"keep_first","patient_id_column":null},'
+    '"version":"1.0.0"}'
+)
+
+
+def test_canonical_form_known_answer():
+    schema = parse_schema(TINY_SCHEMA, HEART_DISEASE_SCHEMA_PATH)
+    assert schema.canonical_json() == TINY_CANONICAL
+
+
+def test_hash_known_answer():
+    schema = parse_schema(TINY_SCHEMA, HEART_DISEASE_SCHEMA_PATH)
+    expected = hashlib.sha256(TINY_CANONICAL.encode("utf-8")).hexdigest()
+    assert schema.content_hash == expected
+    assert expected == (
+        "146999782c5fccf7cb061b5ef66856646640ccf01cac8fa0d1590f3becc055c8"
+    )
 
 
 def test_schema_is_frozen():
