@@ -147,7 +147,10 @@ class AgentSession:
             config.quantization_step, config.weighted_range, config.modulus_bits
         )
         self._setup = _SetupState()
-        self._accepted_epochs: dict[str, int] = {}
+        # Per peer, the newest accepted key epoch and the SHA-256 of that
+        # advertisement's signed payload. It survives rotate_keys, so a peer
+        # cannot later advertise an older epoch or other keys for the same one.
+        self._accepted_keys: dict[str, tuple[int, bytes]] = {}
         self._last_round = -1
         self._used_nonces: set[bytes] = set()
         self._pending: _PendingRound | None = None
@@ -240,7 +243,10 @@ class AgentSession:
             confirmations[peer_id] = encrypt(key, transcript, aad)
         self._setup = _SetupState(peers=advertisements, transcript=transcript)
         for peer_id, advertisement in advertisements.items():
-            self._accepted_epochs[peer_id] = advertisement.epoch
+            self._accepted_keys[peer_id] = (
+                advertisement.epoch,
+                hashlib.sha256(advertisement.signed_payload()).digest(),
+            )
         logger.info(
             "confirmed %d peer advertisements: study=%s party=%s",
             len(advertisements) - 1,
@@ -457,7 +463,10 @@ class AgentSession:
             "peers": {p: a.to_dict() for p, a in sorted(setup.peers.items())},
             "transcript": None if setup.transcript is None else b64(setup.transcript),
             "key_set": setup.key_set,
-            "accepted_epochs": dict(sorted(self._accepted_epochs.items())),
+            "accepted_keys": {
+                party: {"epoch": epoch, "digest": b64(digest)}
+                for party, (epoch, digest) in sorted(self._accepted_keys.items())
+            },
             "last_round": self._last_round,
             "used_nonces": sorted(b64(n) for n in self._used_nonces),
             "pending": None
@@ -537,9 +546,9 @@ class AgentSession:
             transcript=None if transcript is None else unb64(transcript, "transcript"),
             key_set=None if key_set is None else get_str_list(document, "key_set"),
         )
-        session._accepted_epochs = {
-            party: int(epoch)
-            for party, epoch in get_dict(document, "accepted_epochs").items()
+        session._accepted_keys = {
+            party: (get_int(entry, "epoch"), unb64(entry["digest"], "digest", 32))
+            for party, entry in get_dict(document, "accepted_keys").items()
         }
         session._last_round = int(document["last_round"])
         session._used_nonces = {
@@ -590,18 +599,18 @@ class AgentSession:
                 f"{advertisement.study_id!r}, not {self.study_id!r}"
             )
         advertisement.verify(self._roster[party])
-        accepted = self._accepted_epochs.get(party)
-        if accepted is not None and advertisement.epoch < accepted:
+        accepted = self._accepted_keys.get(party)
+        if accepted is None:
+            return
+        accepted_epoch, accepted_digest = accepted
+        if advertisement.epoch < accepted_epoch:
             raise KeyEpochError(
                 f"advertisement of party {party!r} has key epoch "
-                f"{advertisement.epoch}, older than the accepted epoch {accepted}"
+                f"{advertisement.epoch}, older than the accepted epoch "
+                f"{accepted_epoch}"
             )
-        known = self._setup.peers.get(party)
-        if (
-            known is not None
-            and known.epoch == advertisement.epoch
-            and known.signed_payload() != advertisement.signed_payload()
-        ):
+        digest = hashlib.sha256(advertisement.signed_payload()).digest()
+        if advertisement.epoch == accepted_epoch and digest != accepted_digest:
             raise KeyEpochError(
                 f"party {party!r} has two different advertisements for key epoch "
                 f"{advertisement.epoch}"

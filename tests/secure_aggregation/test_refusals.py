@@ -528,3 +528,28 @@ def test_unmask_rejects_malformed_bundle(federation: Federation) -> None:
         federation.agents["hospital-00"].unmask(
             1, request.nonce, request.survivors, request.dropped, shares
         )
+
+
+def test_confirm_rejects_twin_after_rotation(federation: Federation) -> None:
+    # Rotating its own keys clears an agent's setup, not what it accepted.
+    agent = federation.agents["hospital-00"]
+    agent.rotate_keys()
+    advertisements = current_advertisements(federation)
+    identity = federation.identities["hospital-01"]
+    advertisements[1] = replace_field(
+        advertisements[1], masking_public_key=os.urandom(32)
+    ).sign(identity)
+    with pytest.raises(KeyEpochError, match="two different"):
+        agent.confirm_keys(bundle_of(advertisements))
+
+
+def test_rotation_setup_round_exact(federation: Federation) -> None:
+    federation.agents["hospital-02"].rotate_keys()
+    federation.setup()
+    assert federation.agents["hospital-02"].epoch == 2
+    parties, start, deltas = open_round(federation)
+    masked = federation.mask_all(start, deltas, dict.fromkeys(parties, 1))  # type: ignore[arg-type]
+    requests = federation.hub.collect_masked_inputs(1, start.nonce, masked)  # type: ignore[attr-defined]
+    total, total_weight = federation.hub.finalize(federation.unmask_all(requests))
+    assert total_weight == float(len(parties))
+    assert np.max(np.abs(total - sum(deltas.values()))) <= 1e-5
