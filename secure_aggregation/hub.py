@@ -480,6 +480,8 @@ class HubSession:
                 f"{len(shares)} shares of the {label[1]} seed of party {owner!r}, "
                 f"fewer than threshold={self.config.threshold}",
             )
+        # NOTE: one wrong share stops the round even when more than t shares
+        # arrived. Trying other t-subsets against the commitment would not.
         value = shamir.reconstruct_secret(shares, self.config.threshold)
         context = (self.study_id, open_round.round_number, open_round.nonce, owner)
         if value < 2**256:
