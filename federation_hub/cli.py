@@ -27,7 +27,8 @@ from federation_hub.policy_commands import budget, plan, verify_ledger  # noqa: 
 from federation_hub.study import RoundOutcome, StudyResult  # noqa: E402
 from schemas.commands import check_schema, export_json_schema  # noqa: E402
 
-console = Console()
+# Outside a terminal rich falls back to 80 columns, too narrow for the tables.
+console = Console(width=None if Console().is_terminal else 110)
 app = typer.Typer(
     help="Hub of a healthfed federation: set up, run and audit DP studies.",
     no_args_is_help=True,
@@ -47,6 +48,10 @@ def _progress(event: str, payload: Any) -> None:
         console.print(
             f"[bold]Hospitals connected and verified:[/] {', '.join(payload)}"
         )
+    elif event == "secure_setup":
+        console.print(
+            "[bold]Secure aggregation keys agreed with:[/] " + ", ".join(payload)
+        )
     elif event == "round_started":
         outcome: RoundOutcome = payload
         line = (
@@ -63,6 +68,8 @@ def _progress(event: str, payload: Any) -> None:
             console.print(f"  [yellow]{hospital} rejected the instruction:[/] {reason}")
         for hospital, reason in outcome.flagged.items():
             console.print(f"  [red]{hospital} excluded, receipt flagged:[/] {reason}")
+        if outcome.aborted:
+            console.print(f"  [red]{outcome.aborted}[/]")
         if outcome.dropped:
             console.print(f"  [yellow]no answer from:[/] {', '.join(outcome.dropped)}")
         accuracy = (
@@ -84,12 +91,17 @@ def _show_result(result: StudyResult, federation_dir: Path) -> None:
         console.print(report.round_table(result.rounds[-1]))
     console.print(report.budget_table(result))
     console.print(f"Study stopped: {result.stop_reason}")
-    console.print(
-        "Aggregation: updates were aggregated in the clear (FedAvg); the hub saw each "
-        "hospital's clipped update."
-        if result.aggregation == "fedavg"
-        else f"Aggregation: {result.aggregation}"
-    )
+    if result.aggregation == "fedavg":
+        console.print(
+            "Aggregation: FedAvg in the clear. Secure aggregation is off in this "
+            "study, so the hub saw each hospital's clipped update."
+        )
+    else:
+        console.print(
+            "Aggregation: secure aggregation (pairwise masking, X25519 + ChaCha20, "
+            "Shamir recovery) then FedAvg. The hub saw only the sum of the "
+            "hospitals' weighted updates and of their weights."
+        )
     reports_dir = load_hub_config(federation_dir).reports_dir
     console.print(f"Report (JSON): {reports_dir / report.REPORT_FILE}")
 

@@ -26,6 +26,7 @@ from flwr.serverapp import Grid
 
 from federation_hub.aggregation import FedAvg
 from federation_hub.config import HubConfig
+from federation_hub.secure_rounds import SecureAggregator, secure_aggregation_config
 from policies import wire
 from policies.accounting import compute_epsilon
 from policies.architecture import initial_parameters
@@ -42,10 +43,15 @@ from policies.receipts import (
 from policies.roster import Roster, identify_message, load_roster
 from schemas import load_schema
 from schemas.encoding import FeatureEncoder
+from secure_aggregation.errors import SecureAggregationError
+from secure_aggregation.messages import MaskedInput, RoundStart
 
 logger = logging.getLogger(__name__)
 
 Parameters = dict[str, np.ndarray]
+
+# With two hospitals, each learns the other's update from the sum and its own.
+MIN_SECURE_PARTIES = 3
 
 
 @dataclass
@@ -59,6 +65,8 @@ class RoundOutcome:
     rejected: dict[str, str] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
     flagged: dict[str, str] = field(default_factory=dict)
+    aborted: str = ""
+    """Why the round's aggregation was aborted; empty when it completed."""
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     mean_accuracy: float = math.nan
     mean_roc_auc: float = math.nan
@@ -117,6 +125,7 @@ class StudyRunner:
         self.aggregator = FedAvg(self.policy.training.server_learning_rate)
         self._progress = progress or (lambda event, payload: None)
         self.nodes: dict[str, int] = {}
+        self.secure: SecureAggregator | None = None
         unknown = [h for h in self.policy.hospitals if h not in self.roster.hospitals]
         if unknown:
             raise ValueError(
@@ -202,6 +211,38 @@ class StudyRunner:
         self._progress("connected", dict(self.nodes))
         return self.nodes
 
+    def _setup_secure_aggregation(self) -> None:
+        """Agree this study's masking keys with every verified hospital."""
+        training = self.policy.training
+        model_size = sum(
+            int(np.asarray(v).size)
+            for v in initial_parameters(
+                training.model, self.num_features, training.hidden_units, training.seed
+            ).values()
+        )
+        config = secure_aggregation_config(sorted(self.nodes), model_size, training)
+        self.secure = SecureAggregator(
+            self.policy.study_id, self.nodes, config, self._exchange
+        )
+        key_set = self.secure.setup(training)
+        self.ledger.append(
+            "secure_aggregation_setup",
+            {
+                "study_id": self.policy.study_id,
+                "key_set": key_set,
+                "threshold": config.threshold,
+                "rejected": dict(self.secure.rejections),
+            },
+        )
+        self._progress("secure_setup", key_set)
+
+    @property
+    def aggregation_name(self) -> str:
+        """How updates are aggregated: in the clear, or under secure aggregation."""
+        if self.policy.secure_aggregation:
+            return f"{SecureAggregator.name}+{self.aggregator.name}"
+        return self.aggregator.name
+
     # Ledger replay ------------------------------------------------------------
 
     def histories(self) -> dict[str, list[DPParameters]]:
@@ -270,6 +311,23 @@ class StudyRunner:
         """Run the study to its planned number of rounds or until it must stop."""
         if not self.nodes:
             self.connect()
+        if self.policy.secure_aggregation:
+            try:
+                self._setup_secure_aggregation()
+            except (SecureAggregationError, ValueError) as error:
+                reason = f"secure aggregation key setup failed: {error}"
+                logger.error("study %s stopped: %s", self.policy.study_id, reason)
+                self.ledger.append(
+                    "study_stopped",
+                    {"study_id": self.policy.study_id, "reason": reason},
+                )
+                return StudyResult(
+                    study_id=self.policy.study_id,
+                    rounds=[],
+                    stop_reason=reason,
+                    budget=self.budget_table(),
+                    aggregation=self.aggregation_name,
+                )
         start, parameters = self._resume_point()
         if start == 1:
             self.ledger.append(
@@ -281,7 +339,7 @@ class StudyRunner:
                     "dp": self.dp.model_dump(),
                     "accountant": self.policy.accountant,
                     "delta": self.policy.delta,
-                    "aggregation": self.aggregator.name,
+                    "aggregation": self.aggregation_name,
                 },
             )
         outcomes: list[RoundOutcome] = []
@@ -304,7 +362,7 @@ class StudyRunner:
             rounds=outcomes,
             stop_reason=stop_reason,
             budget=self.budget_table(),
-            aggregation=self.aggregator.name,
+            aggregation=self.aggregation_name,
         )
 
     def run_round(
@@ -321,20 +379,28 @@ class StudyRunner:
         for hospital_id in self.policy.hospitals:
             if hospital_id not in self.nodes and hospital_id not in outcome.skipped:
                 outcome.skipped[hospital_id] = "not connected"
+
+        start: RoundStart | None = None
+        if self.secure is not None:
+            outcome.selected = self._secure_participants(outcome)
+            start = self.secure.begin_round(round_number, outcome.selected)
+            nonces = dict.fromkeys(outcome.selected, start.nonce.hex())
+        else:
+            nonces = {h: secrets.token_hex(16) for h in outcome.selected}
         self._progress("round_started", outcome)
 
         instructions = {
             hospital_id: RoundInstruction(
                 study_id=self.policy.study_id,
                 round=round_number,
-                nonce=secrets.token_hex(16),
+                nonce=nonces[hospital_id],
                 schema_hash=self.schema.content_hash,
                 accountant=self.policy.accountant,
                 delta=self.policy.delta,
                 dp=self.dp,
-                secure_aggregation=False,
+                secure_aggregation=self.secure is not None,
             )
-            for hospital_id in selection.selected
+            for hospital_id in outcome.selected
         }
         self.ledger.append(
             "round_instructed",
@@ -347,9 +413,10 @@ class StudyRunner:
                 "skipped": outcome.skipped,
             },
         )
-        replies = self._send_train(instructions, parameters)
+        replies = self._send_train(instructions, parameters, start)
 
         updates: dict[str, tuple[Parameters, float]] = {}
+        masked_inputs: dict[str, MaskedInput] = {}
         for hospital_id, instruction in instructions.items():
             reply = replies.get(hospital_id)
             if reply is None or not reply.has_content():
@@ -392,14 +459,25 @@ class StudyRunner:
                     problem,
                 )
                 continue
-            delta = {
-                name: np.asarray(array.numpy(), dtype=np.float32)
-                for name, array in reply.content.array_records[wire.UPDATE].items()
-            }
-            updates[hospital_id] = (delta, float(result["num_examples"]))
+            try:
+                if self.secure is not None:
+                    masked_inputs[hospital_id] = self.secure.masked_input(reply)
+                else:
+                    updates[hospital_id] = self._plain_update(reply)
+            except (KeyError, ValueError, SecureAggregationError) as error:
+                outcome.flagged[hospital_id] = f"malformed update: {error}"
+                logger.error(
+                    "round %d: update of %s malformed: %s",
+                    round_number,
+                    hospital_id,
+                    error,
+                )
+                continue
             outcome.trained.append(hospital_id)
 
-        if updates:
+        if self.secure is not None and start is not None:
+            parameters = self._apply_secure(start, masked_inputs, parameters, outcome)
+        elif updates:
             parameters = self.aggregator.apply(parameters, list(updates.values()))
         outcome.metrics = self._evaluate(parameters)
         self._summarise_metrics(outcome)
@@ -407,8 +485,56 @@ class StudyRunner:
         self._progress("round_completed", outcome)
         return outcome, parameters
 
+    def _secure_participants(self, outcome: RoundOutcome) -> list[str]:
+        """Keep the selected hospitals in the key set; stop below a secure round."""
+        assert self.secure is not None
+        key_set = set(self.secure.key_set)
+        participants = []
+        for hospital_id in outcome.selected:
+            if hospital_id in key_set:
+                participants.append(hospital_id)
+            else:
+                outcome.skipped[hospital_id] = "not in the secure-aggregation key set"
+        needed = max(MIN_SECURE_PARTIES, self.policy.min_hospitals_per_round)
+        if len(participants) < needed:
+            raise StudyStopped(
+                f"round {outcome.round} has {len(participants)} hospitals in the "
+                f"secure-aggregation key set, below the {needed} a secure round needs"
+            )
+        return participants
+
+    def _plain_update(self, reply: Message) -> tuple[Parameters, float]:
+        result = reply.content.config_records[wire.RESULT]
+        delta = {
+            name: np.asarray(array.numpy(), dtype=np.float32)
+            for name, array in reply.content.array_records[wire.UPDATE].items()
+        }
+        return delta, float(result["num_examples"])
+
+    def _apply_secure(
+        self,
+        start: RoundStart,
+        masked_inputs: dict[str, MaskedInput],
+        parameters: Parameters,
+        outcome: RoundOutcome,
+    ) -> Parameters:
+        """Unmask the round's sum and step the global model, or abort the round."""
+        assert self.secure is not None
+        try:
+            weighted_sum, total_weight = self.secure.unmask(
+                start, masked_inputs, parameters
+            )
+        except SecureAggregationError as error:
+            outcome.aborted = f"secure aggregation aborted: {error}"
+            logger.error("round %d aborted: %s", outcome.round, error)
+            return parameters
+        return self.aggregator.apply_sum(parameters, weighted_sum, total_weight)
+
     def _send_train(
-        self, instructions: dict[str, RoundInstruction], parameters: Parameters
+        self,
+        instructions: dict[str, RoundInstruction],
+        parameters: Parameters,
+        start: RoundStart | None,
     ) -> dict[str, Message]:
         model_record = _model_record(parameters)
         training_record = ConfigRecord(wire.encode_training(self.policy.training))
@@ -421,6 +547,8 @@ class StudyRunner:
                     wire.GLOBAL_MODEL: model_record,
                 }
             )
+            if self.secure is not None and start is not None:
+                content[wire.SECAGG] = self.secure.round_record(hospital_id, start)
             messages.append(
                 Message(
                     content,
@@ -558,6 +686,7 @@ class StudyRunner:
                 "rejected": outcome.rejected,
                 "dropped": outcome.dropped,
                 "flagged": outcome.flagged,
+                "aborted": outcome.aborted,
                 "model_sha256": _parameters_hash(parameters),
                 "mean_accuracy": None
                 if math.isnan(outcome.mean_accuracy)

@@ -19,8 +19,8 @@ from policies.models import PolicyError, TrainingConfig
 IDENTIFY = "query.identify"
 TRAIN = "train"
 EVALUATE = "evaluate"
-SECAGG_SETUP_KEYS = "query.secagg_advertise"
-SECAGG_SETUP_SHARES = "query.secagg_share"
+SECAGG_ADVERTISE = "query.secagg_advertise"
+SECAGG_CONFIRM = "query.secagg_confirm"
 SECAGG_UNMASK = "query.secagg_unmask"
 
 # Record names inside a message's RecordDict.
@@ -32,6 +32,8 @@ RESULT = "result"
 METRICS = "metrics"
 CHALLENGE = "challenge"
 SECAGG = "secagg"
+MASKED = "masked"
+MASKED_VECTOR = "masked_vector"
 
 
 def encode_training(training: TrainingConfig) -> dict[str, Any]:

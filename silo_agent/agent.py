@@ -10,13 +10,16 @@ before training starts (write-ahead), so a crash never forgets spent budget.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
@@ -35,7 +38,9 @@ from policies.roster import Roster, identify_message, load_roster
 from schemas import Schema, load_schema
 from schemas.encoding import FeatureEncoder
 from schemas.validation import validate_file
+from secure_aggregation.transport import flatten_parameters, masked_input_to_fields
 from silo_agent.config import AgentConfig
+from silo_agent.secure import SecureAggregationState
 from silo_agent.training import (
     Parameters,
     TrainingSettings,
@@ -64,14 +69,31 @@ class Cohort:
 
 
 @dataclass(frozen=True)
-class TrainReply:
-    """What the agent releases for one round: the clipped delta and its receipt."""
+class SecureRound:
+    """The secure-aggregation part of a round instruction."""
 
-    delta: Parameters
-    num_examples: int
+    participants: list[str]
+    """Hospitals whose masks cancel in this round's sum, this one included."""
+    confirmations: bytes | None = None
+    """The key confirmations relayed by the hub, sent with the first round
+    after a key setup to close it."""
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """What the agent releases for one round.
+
+    In plain mode the clipped delta and the record count travel in the clear. In
+    secure mode only the masked input leaves: the weight (record count) is a
+    masked coordinate of it, and whether the delta was clipped is not sent.
+    """
+
     receipt: Receipt
-    delta_norm: float
-    clipped: bool
+    delta: Parameters | None = None
+    num_examples: int | None = None
+    masked_fields: dict[str, Any] | None = None
+    masked_vector: NDArray[np.uint64] | None = None
+    clipped: bool = False
 
 
 def load_cohort(config: AgentConfig, schema: Schema) -> Cohort:
@@ -153,6 +175,9 @@ class SiloAgent:
         self.ledger = Ledger.open(
             config.ledger_path, config.hospital_id, self._identity
         )
+        self.secure = SecureAggregationState(
+            config.hospital_id, self._identity, self.roster, config.state_dir
+        )
         logger.info(
             "agent %s ready: %d training rows, %d test rows, %d quarantined, schema %s",
             config.hospital_id,
@@ -181,51 +206,128 @@ class SiloAgent:
         instruction: RoundInstruction,
         training: TrainingConfig,
         global_parameters: Parameters,
+        secure_round: SecureRound | None = None,
     ) -> TrainReply:
         """Check, pay for and run one round; return the update to release.
+
+        The spend is committed to the ledger before training starts. A retry of
+        the same round and nonce spends nothing more: it resends the stored
+        reply, or trains again when the process died before anything was
+        stored, so nothing was released.
 
         Raises:
             InstructionRejected: the instruction breaks this hospital's policy or
                 pins another schema; nothing was spent.
+            SecureAggregationError: the secure-aggregation part is invalid.
 
         """
         outbox = self._outbox_path(instruction)
         if outbox.exists():
             logger.info(
-                "%s: round %d nonce %s already trained; sending the stored update",
+                "%s: round %d nonce %s already trained; sending the stored reply",
                 self.hospital_id,
                 instruction.round,
                 instruction.nonce,
             )
             return self._load_reply(outbox)
-
-        spend = self._recorded_spend(instruction)
-        if spend is None:
-            epsilon_after = check_instruction(
-                self.policy,
-                instruction,
-                self.ledger.history(instruction.study_id),
-                self.ledger.history(),
-                len(self.cohort.train_labels),
-                pinned_schema_hash=self.schema.content_hash,
+        if instruction.secure_aggregation and secure_round is None:
+            raise InstructionRejected(
+                "the instruction asks for secure aggregation but carries no "
+                "participant list",
+                limit="secure_aggregation",
             )
-            self.ledger.record_spend(
-                instruction.study_id,
-                instruction.round,
-                instruction.nonce,
-                instruction.dp,
-                instruction.accountant,
-                instruction.delta,
-                epsilon_after,
+        if secure_round is not None and not instruction.secure_aggregation:
+            raise InstructionRejected(
+                "the instruction carries secure-aggregation data but asks for plain "
+                "aggregation",
+                limit="secure_aggregation",
+            )
+        if secure_round is not None and secure_round.confirmations is not None:
+            self.secure.finish_setup(instruction.study_id, secure_round.confirmations)
+
+        epsilon_after = self._spend(instruction)
+        delta = self._train_delta(instruction, training, global_parameters)
+        receipt = sign_receipt(
+            self._identity,
+            study_id=instruction.study_id,
+            round=instruction.round,
+            nonce=instruction.nonce,
+            hospital_id=self.hospital_id,
+            dp=instruction.dp,
+            accountant=instruction.accountant,
+            delta=instruction.delta,
+            epsilon_after=epsilon_after,
+            ledger_head_hash=self.ledger.head_hash,
+        )
+        record_count = len(self.cohort.train_labels)
+        if secure_round is None:
+            clipped_delta, _, clipped = clip_delta(delta, training.update_clip_norm)
+            reply = TrainReply(
+                receipt=receipt,
+                delta=clipped_delta,
+                num_examples=record_count,
+                clipped=clipped,
             )
         else:
+            masked, clipped = self.secure.mask(
+                instruction.study_id,
+                instruction.round,
+                bytes.fromhex(instruction.nonce),
+                secure_round.participants,
+                flatten_parameters(delta),
+                self.secure.weight_for(instruction.study_id, record_count),
+            )
+            fields, vector = masked_input_to_fields(masked)
+            reply = TrainReply(
+                receipt=receipt,
+                masked_fields=fields,
+                masked_vector=vector,
+                clipped=clipped,
+            )
+        if clipped:
+            logger.info(
+                "%s: round %d update clipped to L2 norm %s",
+                self.hospital_id,
+                instruction.round,
+                training.update_clip_norm,
+            )
+        self._store_reply(outbox, reply)
+        return reply
+
+    def _spend(self, instruction: RoundInstruction) -> float:
+        """Check the instruction and commit its spend; return epsilon after it."""
+        spend = self._recorded_spend(instruction)
+        if spend is not None:
             # The spend was committed before a crash and nothing was released:
             # train again under the same spend.
-            epsilon_after = float(spend.payload["epsilon_after"])
-
-        model = build_model(
-            training.model, len(self.encoder.feature_names), training.hidden_units
+            return float(spend.payload["epsilon_after"])
+        epsilon_after = check_instruction(
+            self.policy,
+            instruction,
+            self.ledger.history(instruction.study_id),
+            self.ledger.history(),
+            len(self.cohort.train_labels),
+            pinned_schema_hash=self.schema.content_hash,
         )
+        self.ledger.record_spend(
+            instruction.study_id,
+            instruction.round,
+            instruction.nonce,
+            instruction.dp,
+            instruction.accountant,
+            instruction.delta,
+            epsilon_after,
+        )
+        return epsilon_after
+
+    def _train_delta(
+        self,
+        instruction: RoundInstruction,
+        training: TrainingConfig,
+        global_parameters: Parameters,
+    ) -> Parameters:
+        """Run local DP-SGD from the global model; return the parameter change."""
+        model = self.build_model(training)
         load_parameters(model, global_parameters)
         outcome = train_dp_sgd(
             model,
@@ -240,40 +342,26 @@ class SiloAgent:
                 seed=int.from_bytes(os.urandom(8), "little"),
             ),
         )
-        raw_delta = {
+        return {
             name: outcome.parameters[name] - global_parameters[name]
             for name in global_parameters
         }
-        delta, norm, clipped = clip_delta(raw_delta, training.update_clip_norm)
-        receipt = sign_receipt(
-            self._identity,
-            study_id=instruction.study_id,
-            round=instruction.round,
-            nonce=instruction.nonce,
-            hospital_id=self.hospital_id,
-            dp=instruction.dp,
-            accountant=instruction.accountant,
-            delta=instruction.delta,
-            epsilon_after=epsilon_after,
-            ledger_head_hash=self.ledger.head_hash,
+
+    def build_model(self, training: TrainingConfig) -> torch.nn.Module:
+        """Build the study's model for this schema's feature vector."""
+        return build_model(
+            training.model, len(self.encoder.feature_names), training.hidden_units
         )
-        reply = TrainReply(
-            delta=delta,
-            num_examples=len(self.cohort.train_labels),
-            receipt=receipt,
-            delta_norm=norm,
-            clipped=clipped,
-        )
-        self._store_reply(outbox, reply)
-        return reply
+
+    def model_size(self, training: TrainingConfig) -> int:
+        """Return the number of parameters of the study's model."""
+        return sum(p.numel() for p in self.build_model(training).parameters())
 
     def evaluate(
         self, training: TrainingConfig, parameters: Parameters
     ) -> dict[str, float]:
         """Evaluate the global model on this hospital's fixed test split."""
-        model = build_model(
-            training.model, len(self.encoder.feature_names), training.hidden_units
-        )
+        model = self.build_model(training)
         load_parameters(model, parameters)
         return evaluate(model, self.cohort.test_features, self.cohort.test_labels)
 
@@ -296,13 +384,23 @@ class SiloAgent:
     def _store_reply(self, path: Path, reply: TrainReply) -> None:
         """Write the reply atomically, so a retry resends exactly what was trained."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"delta/{name}": value for name, value in reply.delta.items()}
-        arrays["meta/num_examples"] = np.asarray(reply.num_examples)
-        arrays["meta/delta_norm"] = np.asarray(reply.delta_norm)
-        arrays["meta/clipped"] = np.asarray(reply.clipped)
-        arrays["meta/receipt"] = np.frombuffer(
-            reply.receipt.model_dump_json().encode("utf-8"), dtype=np.uint8
-        )
+        arrays: dict[str, Any] = {}
+        if reply.delta is not None:
+            arrays.update({f"delta/{name}": v for name, v in reply.delta.items()})
+        if reply.masked_vector is not None:
+            arrays["masked/vector"] = reply.masked_vector
+        meta = {
+            "receipt": reply.receipt.model_dump(),
+            "num_examples": reply.num_examples,
+            "clipped": reply.clipped,
+            "masked_fields": None
+            if reply.masked_fields is None
+            else {
+                key: {"bytes": value.hex()} if isinstance(value, bytes) else value
+                for key, value in reply.masked_fields.items()
+            },
+        }
+        arrays["meta/json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)
         with tempfile.NamedTemporaryFile(
             dir=path.parent, delete=False, suffix=".tmp"
         ) as handle:
@@ -313,18 +411,29 @@ class SiloAgent:
 
     def _load_reply(self, path: Path) -> TrainReply:
         with np.load(path, allow_pickle=False) as stored:
+            meta = json.loads(stored["meta/json"].tobytes())
             delta = {
                 key.removeprefix("delta/"): stored[key]
                 for key in stored.files
                 if key.startswith("delta/")
             }
-            return TrainReply(
-                delta=delta,
-                num_examples=int(stored["meta/num_examples"]),
-                receipt=Receipt.model_validate_json(stored["meta/receipt"].tobytes()),
-                delta_norm=float(stored["meta/delta_norm"]),
-                clipped=bool(stored["meta/clipped"]),
+            vector = (
+                stored["masked/vector"] if "masked/vector" in stored.files else None
             )
+        fields = meta["masked_fields"]
+        if fields is not None:
+            fields = {
+                key: bytes.fromhex(value["bytes"]) if isinstance(value, dict) else value
+                for key, value in fields.items()
+            }
+        return TrainReply(
+            receipt=Receipt.model_validate(meta["receipt"]),
+            delta=delta or None,
+            num_examples=meta["num_examples"],
+            masked_fields=fields,
+            masked_vector=vector,
+            clipped=meta["clipped"],
+        )
 
 
-__all__ = ["InstructionRejected", "SiloAgent", "TrainReply"]
+__all__ = ["InstructionRejected", "SecureRound", "SiloAgent", "TrainReply"]

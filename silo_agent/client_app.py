@@ -34,8 +34,11 @@ from policies import wire
 from policies.enforcement import InstructionRejected, RoundInstruction
 from policies.models import PolicyError
 from policies.roster import load_roster
-from silo_agent.agent import SiloAgent
+from secure_aggregation.errors import SecureAggregationError
+from secure_aggregation.transport import unmask_request_from_fields
+from silo_agent.agent import SecureRound, SiloAgent
 from silo_agent.config import load_agent_config
+from silo_agent.secure import config_from_fields
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +121,11 @@ def identify(message: Message, context: Context) -> Message:
     return Message(RecordDict({wire.RESULT: reply}), reply_to=message)
 
 
+def _rejection(message: Message, reason: str) -> Message:
+    result = ConfigRecord({"status": "rejected", "reason": reason})
+    return Message(RecordDict({wire.RESULT: result}), reply_to=message)
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """Run one round of local DP-SGD, or reply with the reason for rejecting it."""
@@ -131,28 +139,100 @@ def train(message: Message, context: Context) -> Message:
         global_parameters = parameters_from_record(
             content.array_records[wire.GLOBAL_MODEL]
         )
-        reply = agent.train(instruction, training, global_parameters)
-    except (InstructionRejected, PolicyError) as error:
+        secure_round = None
+        if wire.SECAGG in content.config_records:
+            secagg = content.config_records[wire.SECAGG]
+            confirmations = secagg.get("confirmations")
+            secure_round = SecureRound(
+                participants=[str(p) for p in secagg["participants"]],
+                confirmations=None if confirmations is None else bytes(confirmations),
+            )
+        reply = agent.train(instruction, training, global_parameters, secure_round)
+    except (InstructionRejected, PolicyError, SecureAggregationError) as error:
         reason = error.reason if isinstance(error, InstructionRejected) else str(error)
         logger.warning(
             "%s rejected the round instruction: %s", agent.hospital_id, reason
         )
-        result = ConfigRecord({"status": "rejected", "reason": reason})
-        return Message(RecordDict({wire.RESULT: result}), reply_to=message)
+        return _rejection(message, reason)
 
     result: dict[str, Any] = {
         "status": "trained",
-        "num_examples": reply.num_examples,
         "receipt": reply.receipt.model_dump_json().encode("utf-8"),
-        "clipped": reply.clipped,
     }
-    records = RecordDict(
-        {
-            wire.RESULT: ConfigRecord(result),
-            wire.UPDATE: record_from_parameters(reply.delta),
-        }
-    )
-    return Message(records, reply_to=message)
+    records: dict[str, Any] = {}
+    if reply.masked_fields is not None and reply.masked_vector is not None:
+        records[wire.MASKED] = ConfigRecord(reply.masked_fields)
+        records[wire.MASKED_VECTOR] = ArrayRecord(
+            {"vector": Array(np.ascontiguousarray(reply.masked_vector))}
+        )
+    else:
+        assert reply.delta is not None and reply.num_examples is not None
+        result["num_examples"] = reply.num_examples
+        result["clipped"] = reply.clipped
+        records[wire.UPDATE] = record_from_parameters(reply.delta)
+    records[wire.RESULT] = ConfigRecord(result)
+    return Message(RecordDict(records), reply_to=message)
+
+
+@app.query("secagg_advertise")
+def secagg_advertise(message: Message, context: Context) -> Message:
+    """Create this study's secure-aggregation keys and return them signed."""
+    agent = get_agent(context)
+    content = message.content
+    try:
+        setup = dict(content.config_records[wire.SECAGG])
+        training = wire.decode_training(dict(content.config_records[wire.TRAINING]))
+        study_id = str(setup.pop("study_id"))
+        parties = [str(p) for p in setup.pop("parties")]
+        config = config_from_fields(setup)
+        advertisement = agent.secure.advertise(
+            study_id, parties, config, training, agent.model_size(training)
+        )
+    except (SecureAggregationError, PolicyError, KeyError) as error:
+        logger.warning("%s rejected the key setup: %s", agent.hospital_id, error)
+        return _rejection(message, str(error))
+    result = ConfigRecord({"status": "ok", "advertisement": advertisement})
+    return Message(RecordDict({wire.RESULT: result}), reply_to=message)
+
+
+@app.query("secagg_confirm")
+def secagg_confirm(message: Message, context: Context) -> Message:
+    """Verify every peer's signed keys and return a confirmation per peer."""
+    agent = get_agent(context)
+    setup = message.content.config_records[wire.SECAGG]
+    try:
+        confirmations = agent.secure.confirm(
+            str(setup["study_id"]), bytes(setup["bundle"])
+        )
+    except (SecureAggregationError, KeyError) as error:
+        logger.warning("%s rejected the key bundle: %s", agent.hospital_id, error)
+        return _rejection(message, str(error))
+    fields: dict[str, Any] = {"status": "ok"}
+    fields.update({f"to.{peer}": value for peer, value in confirmations.items()})
+    return Message(RecordDict({wire.RESULT: ConfigRecord(fields)}), reply_to=message)
+
+
+@app.query("secagg_unmask")
+def secagg_unmask(message: Message, context: Context) -> Message:
+    """Return this hospital's unmasking shares for the open round."""
+    agent = get_agent(context)
+    fields = dict(message.content.config_records[wire.SECAGG])
+    try:
+        study_id = str(fields.pop("study_id"))
+        request = unmask_request_from_fields(fields)
+        response = agent.secure.unmask(
+            study_id,
+            request.round_number,
+            request.nonce,
+            request.survivors,
+            request.dropped,
+            request.encrypted_shares,
+        )
+    except (SecureAggregationError, KeyError) as error:
+        logger.warning("%s rejected the unmask request: %s", agent.hospital_id, error)
+        return _rejection(message, str(error))
+    result = ConfigRecord({"status": "ok", "response": response})
+    return Message(RecordDict({wire.RESULT: result}), reply_to=message)
 
 
 @app.evaluate()

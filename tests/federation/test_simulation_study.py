@@ -26,6 +26,9 @@ def _two_rounds(document: dict[str, Any]) -> None:
     document["rounds"] = 2
     document["dp"].pop("target_epsilon", None)
     document["dp"]["noise_multiplier"] = 3.0
+
+
+def _plain(document: dict[str, Any]) -> None:
     document["secure_aggregation"] = False
 
 
@@ -52,7 +55,6 @@ def two_round_study(
     """One two-round study of the four hospitals, shared by the tests below."""
     folder = create_demo_federation(tmp_path_factory.mktemp("study") / "federation")
     edit_yaml(folder / "study.yaml", _two_rounds)
-    _relax_hospitals(folder)
     return folder, run_simulation_study(folder)
 
 
@@ -62,7 +64,9 @@ def test_study_two_rounds_real_records(
     demo_federation, result = two_round_study
 
     assert len(result.rounds) == 2
+    assert result.aggregation == "secure-aggregation+fedavg"
     for outcome in result.rounds:
+        assert outcome.aborted == ""
         assert outcome.rejected == {}
         assert sorted(outcome.trained) == HOSPITALS
         assert sorted(outcome.metrics) == HOSPITALS
@@ -110,10 +114,12 @@ def test_budget_exceeded_hospital_skipped(demo_federation: Path) -> None:
         document["epsilon_budget"]["overrides"] = {"va": budget}
 
     edit_yaml(demo_federation / "study.yaml", va_budget)
+    edit_yaml(demo_federation / "study.yaml", _plain)
     _relax_hospitals(demo_federation)
 
     result = run_simulation_study(demo_federation)
 
+    assert result.aggregation == "fedavg"
     assert "va" in result.rounds[0].trained
     assert "va" not in result.rounds[1].trained
     assert "va" in result.rounds[1].skipped
