@@ -186,7 +186,7 @@ parameters = st.builds(
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=st.lists(parameters, min_size=0, max_size=6), extra=parameters)
 def test_rdp_epsilon_never_decreases(
     history: list[DPParameters], extra: DPParameters

@@ -60,7 +60,13 @@ VETOES = [
     ("max_sample_rate", {"max_sample_rate": 0.1}, {}, "0.2", "0.1"),
     ("max_max_grad_norm", {"max_max_grad_norm": 0.5}, {}, "1.0", "0.5"),
     ("max_steps_per_round", {"max_steps_per_round": 2}, {}, "3", "2"),
-    ("max_delta", {"max_delta": 1e-6}, {}, "1e-05", "1e-06"),
+    (
+        "max_delta",
+        {"max_delta": 1e-6, "total_delta": None},
+        {},
+        "1e-05",
+        "1e-06",
+    ),
     (
         "accepted_accountants",
         {"accepted_accountants": ("rdp",)},
