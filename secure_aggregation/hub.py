@@ -8,9 +8,10 @@ self-mask seed and the pairwise seeds between survivors and dropped parties.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,9 @@ from secure_aggregation.rounds import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Cap on the t-subsets of shares tried per secret when some shares are wrong.
+_MAX_SUBSETS = 256
 
 
 @dataclass
@@ -480,18 +484,21 @@ class HubSession:
                 f"{len(shares)} shares of the {label[1]} seed of party {owner!r}, "
                 f"fewer than threshold={self.config.threshold}",
             )
-        # NOTE: one wrong share stops the round even when more than t shares
-        # arrived. Trying other t-subsets against the commitment would not.
-        value = shamir.reconstruct_secret(shares, self.config.threshold)
         context = (self.study_id, open_round.round_number, open_round.nonce, owner)
-        if value < 2**256:
+        threshold = self.config.threshold
+        for subset in _candidate_subsets(sorted(shares), threshold):
+            chosen = {x: shares[x] for x in subset}
+            value = shamir.reconstruct_secret(chosen, threshold)
+            if value >= 2**256:
+                continue
             seed = value.to_bytes(32, "big")
             if commitment(seed, *context, *label[1:]) == expected_commitment:
                 return seed
         self._abort(
             open_round,
-            f"shares of the {label[1]} seed of party {owner!r} do not match its "
-            "commitment (a responder sent a wrong share)",
+            f"no {threshold} of the {len(shares)} shares of the {label[1]} seed "
+            f"of party {owner!r} match its commitment (responders sent wrong "
+            "shares)",
         )
         raise AssertionError("unreachable")
 
@@ -501,6 +508,31 @@ class _CollectedShares:
     self_mask: dict[str, dict[int, int]] = field(default_factory=dict)
     pairwise: dict[tuple[str, str], dict[int, int]] = field(default_factory=dict)
     responders: list[str] = field(default_factory=list)
+
+
+def _candidate_subsets(
+    x_coordinates: list[int], threshold: int
+) -> Iterator[tuple[int, ...]]:
+    """Yield t-subsets of share x coordinates to try, at most _MAX_SUBSETS.
+
+    First the r cyclic windows of t consecutive shares: when r > t, one of
+    them leaves out any single wrong share. Then the other subsets in
+    lexicographic order, for more than one wrong share.
+    """
+    count = len(x_coordinates)
+    seen: set[tuple[int, ...]] = set()
+    windows = (
+        tuple(sorted(x_coordinates[(start + i) % count] for i in range(threshold)))
+        for start in range(count)
+    )
+    others = itertools.combinations(x_coordinates, threshold)
+    for subset in itertools.chain(windows, others):
+        if subset in seen:
+            continue
+        seen.add(subset)
+        yield subset
+        if len(seen) >= _MAX_SUBSETS:
+            return
 
 
 def _share_value(text: object, expected_x: int) -> int:

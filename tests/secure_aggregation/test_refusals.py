@@ -482,11 +482,7 @@ def test_unmask_refusal_keeps_round_open(federation: Federation) -> None:
 def test_hub_aborts_on_wrong_share(federation: Federation) -> None:
     requests = masked_round(federation)
     responses = federation.unmask_all(requests, skip={"hospital-03", "hospital-04"})
-    document = json.loads(responses["hospital-00"])
-    share = bytearray(base64.b64decode(document["self_mask_shares"]["hospital-01"]))
-    share[-1] ^= 1
-    document["self_mask_shares"]["hospital-01"] = b64(bytes(share))
-    responses["hospital-00"] = json.dumps(document).encode()
+    corrupt_self_mask_share(responses, "hospital-00", "hospital-01")
     with pytest.raises(RoundAbortedError, match="commitment"):
         federation.hub.finalize(responses)
 
@@ -552,4 +548,25 @@ def test_rotation_setup_round_exact(federation: Federation) -> None:
     requests = federation.hub.collect_masked_inputs(1, start.nonce, masked)  # type: ignore[attr-defined]
     total, total_weight = federation.hub.finalize(federation.unmask_all(requests))
     assert total_weight == float(len(parties))
+    assert np.max(np.abs(total - sum(deltas.values()))) <= 1e-5
+
+
+def corrupt_self_mask_share(responses: dict, responder: str, owner: str) -> None:
+    document = json.loads(responses[responder])
+    share = bytearray(base64.b64decode(document["self_mask_shares"][owner]))
+    share[-1] ^= 1
+    document["self_mask_shares"][owner] = b64(bytes(share))
+    responses[responder] = json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("wrong", [["hospital-00"], ["hospital-00", "hospital-03"]])
+def test_hub_skips_wrong_spare_shares(federation: Federation, wrong: list[str]) -> None:
+    parties, start, deltas = open_round(federation)
+    masked = federation.mask_all(start, deltas, dict.fromkeys(parties, 1))  # type: ignore[arg-type]
+    requests = federation.hub.collect_masked_inputs(1, start.nonce, masked)  # type: ignore[attr-defined]
+    responses = federation.unmask_all(requests)
+    for responder in wrong:
+        corrupt_self_mask_share(responses, responder, "hospital-01")
+    total, total_weight = federation.hub.finalize(responses)
+    assert total_weight == 5.0
     assert np.max(np.abs(total - sum(deltas.values()))) <= 1e-5
