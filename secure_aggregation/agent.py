@@ -91,6 +91,7 @@ from secure_aggregation.rounds import (
     holders_of,
     party_x_coordinates,
     round_shares_aad,
+    smallest_component,
 )
 
 logger = logging.getLogger(__name__)
@@ -885,6 +886,14 @@ class AgentSession:
             raise InsufficientSurvivorsError(
                 f"{len(survivor_set)} survivors in round {round_number}, but unmasking "
                 f"needs at least max(3, threshold={self.config.threshold})"
+            )
+        smallest = smallest_component(survivor_set, self._neighbors)
+        if smallest < max(MIN_PARTIES, self.config.threshold):
+            raise InsufficientSurvivorsError(
+                f"the survivors of round {round_number} include a group of "
+                f"{smallest} parties without surviving neighbors outside it, and "
+                "its sum would unmask alone. Each group needs at least max(3, "
+                f"threshold={self.config.threshold})"
             )
         return pending
 

@@ -20,8 +20,8 @@ def neighbor_map(
     """Return each party's neighbors in the study's masking graph.
 
     ``neighbors`` None, or not below the party count, gives the complete graph.
-    NOTE: the degree is the caller's choice. Bell et al. derive it from the
-    party count and a target failure probability, which this function does not.
+    NOTE: the degree is the caller's choice, and nothing derives it from the
+    party count.
     """
     parties = sorted(party_ids)
     if neighbors is None or neighbors >= len(parties) - 1:

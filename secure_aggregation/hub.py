@@ -54,6 +54,7 @@ from secure_aggregation.rounds import (
     check_study_parameters,
     holders_of,
     party_x_coordinates,
+    smallest_component,
 )
 
 logger = logging.getLogger(__name__)
@@ -362,6 +363,14 @@ class HubSession:
     ) -> None:
         needed = max(MIN_PARTIES, self.config.threshold)
         if len(survivors) >= needed:
+            smallest = smallest_component(survivors, self._neighbors)
+            if smallest < needed:
+                self._abort(
+                    open_round,
+                    f"a group of {smallest} survivors has no surviving neighbors "
+                    f"outside it, fewer than max(3, threshold="
+                    f"{self.config.threshold}) = {needed}",
+                )
             for owner in survivors:
                 holders = holders_of(owner, survivors, self._neighbors)
                 if len(holders) < self.config.threshold:

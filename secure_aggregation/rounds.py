@@ -45,6 +45,30 @@ def check_holder_counts(
             )
 
 
+def smallest_component(
+    survivors: Collection[str], neighbors: Mapping[str, frozenset[str]]
+) -> int:
+    """Return the size of the smallest connected group of survivors.
+
+    Masks cancel only between neighbors, so the sum of each connected group of
+    survivors unmasks on its own. Every group must therefore be as large as a
+    round's minimum. In the complete graph all survivors form one group.
+    """
+    remaining = set(survivors)
+    smallest = len(remaining)
+    while remaining:
+        stack = [remaining.pop()]
+        size = 1
+        while stack:
+            party = stack.pop()
+            for peer in neighbors[party] & remaining:
+                remaining.discard(peer)
+                stack.append(peer)
+                size += 1
+        smallest = min(smallest, size)
+    return smallest
+
+
 def check_study_parameters(party_count: int, config: SecureAggregationConfig) -> None:
     """Raise unless the roster size, threshold and modulus make a sound study.
 

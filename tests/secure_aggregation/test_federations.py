@@ -11,7 +11,13 @@ from secagg_harness import Federation, make_config, party_ids
 from test_protocol_sum import run_round
 
 from secure_aggregation.graph import neighbor_map
-from secure_aggregation.protocol import MIN_PARTIES, AgentSession
+from secure_aggregation.protocol import (
+    MIN_PARTIES,
+    AgentSession,
+    InsufficientSurvivorsError,
+    RoundAbortedError,
+)
+from secure_aggregation.rounds import smallest_component
 
 
 @pytest.mark.parametrize("count", range(7, 21))
@@ -141,3 +147,50 @@ def test_split_view_hub_lacks_shares() -> None:
         assert self_mask_shares < config.threshold or (
             fewest_pairwise < config.threshold
         ), f"split {split}"
+
+
+def sparse_federation() -> Federation:
+    config = make_config(12, threshold=3, neighbors=4)
+    federation = Federation.build(config, 12)
+    federation.setup()
+    return federation
+
+
+def test_sparse_unmask_rejects_isolated_party() -> None:
+    # Listing all neighbors of one party as dropped would leave its input
+    # alone in its group, so the hub could unmask it.
+    federation = sparse_federation()
+    start = federation.hub.begin_round(1)
+    deltas = {party: np.zeros(16) for party in start.participants}
+    masked = federation.mask_all(start, deltas, dict.fromkeys(start.participants, 1))
+    requests = federation.hub.collect_masked_inputs(1, start.nonce, masked)
+    target = "hospital-00"
+    isolating = sorted(federation.agents[target]._neighbors[target])
+    survivors = [p for p in start.participants if p not in isolating]
+    responder = survivors[-1]
+    request = requests[responder]
+    with pytest.raises(InsufficientSurvivorsError, match="group of 1 parties"):
+        federation.agents[responder].unmask(
+            1, request.nonce, survivors, isolating, request.encrypted_shares
+        )
+
+
+def test_sparse_hub_aborts_on_isolated_party() -> None:
+    federation = sparse_federation()
+    target = "hospital-00"
+    isolating = tuple(sorted(federation.agents[target]._neighbors[target]))
+    with pytest.raises(RoundAbortedError, match="group of 1 survivors"):
+        run_round(federation, 1, 1, drop_before_input=isolating)
+
+
+def test_smallest_component_counts_groups() -> None:
+    neighbors = {
+        "a": frozenset({"b"}),
+        "b": frozenset({"a", "c"}),
+        "c": frozenset({"b"}),
+        "d": frozenset({"e"}),
+        "e": frozenset({"d"}),
+    }
+    assert smallest_component(["a", "b", "c", "d", "e"], neighbors) == 2
+    assert smallest_component(["a", "b", "c"], neighbors) == 3
+    assert smallest_component(["a", "c"], neighbors) == 1
