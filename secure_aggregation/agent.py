@@ -501,7 +501,7 @@ class AgentSession:
         """Write the state to ``path`` with mode 0600, replacing it atomically.
 
         Call it after every method that changes state and before sending that
-        method's output, so a restarted agent never answers a round twice.
+        method's output, so a restarted agent never responds to one round twice.
         """
         temporary = path.with_name(path.name + ".tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

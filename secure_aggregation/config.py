@@ -126,7 +126,7 @@ def minimum_threshold(holder_count: int, colluding_parties: int = 0) -> int:
 
     A hub that lies about who dropped needs t shares of a party's self-mask
     seed from parties that saw it survive and t shares of its pairwise seeds
-    from parties that saw it drop. Each honest party answers once per round and
+    from parties that saw it drop. Each honest party responds once per round and
     never reveals both for one party, and each of ``colluding_parties`` can
     reveal both, so the attack needs 2t <= holder_count + colluding_parties.
     The result is floor((holder_count + colluding_parties) / 2) + 1.

@@ -455,6 +455,7 @@ class HubSession:
             or unb64(document.get("nonce"), "nonce", NONCE_BYTES) != open_round.nonce
         ):
             raise MalformedMessageError("response is for another party or round")
+
         x = self._x_coordinates[party]
         # Only a share holder of an owner's secrets has a valid share of them.
         owners = {
@@ -473,6 +474,7 @@ class HubSession:
             for peer, text in by_peer.items():
                 if peer in open_round.dropped:
                     pairwise[(owner, peer)] = _share_value(text, x)
+
         for owner, value in self_mask.items():
             collected.self_mask.setdefault(owner, {})[x] = value
         for key, value in pairwise.items():
