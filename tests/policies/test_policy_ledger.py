@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from policy_helpers import dp
 
 from policies.ledger import (
@@ -16,6 +19,7 @@ from policies.ledger import (
     LedgerError,
     LedgerIntegrityError,
     SpendConflictError,
+    canonical_json,
 )
 
 NONCE = "0123456789abcdef0123456789abcdef"
@@ -231,8 +235,6 @@ def test_rewritten_entry_named_forged(
     tmp_path: Path, signing_key: Ed25519PrivateKey
 ) -> None:
     # An attacker who edits a body and recomputes its hash cannot re-sign it.
-    import hashlib
-
     path = tmp_path / "l.db"
     _filled(path, signing_key).close()
     connection = sqlite3.connect(path)
@@ -296,3 +298,67 @@ def test_tampered_ledger_open_raises(
 def test_missing_file_raises(tmp_path: Path, signing_key: Ed25519PrivateKey) -> None:
     with pytest.raises(LedgerError, match="not found"):
         Ledger.verify(tmp_path / "absent.db", signing_key.public_key())
+
+
+def test_canonical_json_known_answer() -> None:
+    encoded = canonical_json({"b": 1.5, "a": [1, "é"], "c": None})
+    assert encoded == '{"a":[1,"é"],"b":1.5,"c":null}'.encode()
+    assert hashlib.sha256(encoded).hexdigest() == (
+        "7941f1d4ef1ab5a25d9c8555180bc78dafef14fd1e67e904c28977bbfb736681"
+    )
+
+
+def test_canonical_json_nan_raises() -> None:
+    with pytest.raises(ValueError):
+        canonical_json({"epsilon": float("nan")})
+
+
+def test_entry_hash_is_body_sha256(
+    tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    ledger = _filled(tmp_path / "l.db", signing_key, rounds=1)
+    connection = sqlite3.connect(tmp_path / "l.db")
+    body, stored_hash = connection.execute(
+        "SELECT body, entry_hash FROM entries WHERE seq = 2"
+    ).fetchone()
+    connection.close()
+    assert hashlib.sha256(body.encode()).hexdigest() == stored_hash
+    assert ledger.entries()[1].entry_hash == stored_hash
+
+
+TAMPERINGS = ["edit", "delete", "swap", "resign"]
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    tampering=st.sampled_from(TAMPERINGS),
+    target=st.integers(min_value=1, max_value=5),
+)
+def test_any_single_tampering_detected(
+    tmp_path_factory: pytest.TempPathFactory, tampering: str, target: int
+) -> None:
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path_factory.mktemp("ledger") / "l.db"
+    _filled(path, key).close()
+    if tampering == "edit":
+        _execute(
+            path,
+            "UPDATE entries SET body = replace(body, '\"steps\":3', '\"steps\":1') "
+            "WHERE seq = ?",
+            target + 1,
+        )
+    elif tampering == "delete":
+        _execute(path, "DELETE FROM entries WHERE seq = ?", target)
+    elif tampering == "swap":
+        _execute(path, "UPDATE entries SET seq = 100 WHERE seq = ?", target)
+        _execute(path, "UPDATE entries SET seq = ? WHERE seq = 6", target)
+        _execute(path, "UPDATE entries SET seq = 6 WHERE seq = 100")
+    else:
+        forged = Ed25519PrivateKey.generate().sign(b"\x00" * 32)
+        _execute(path, "UPDATE entries SET signature = ? WHERE seq = ?", forged, target)
+    with pytest.raises(LedgerIntegrityError):
+        Ledger.verify(path, key.public_key())
