@@ -5,7 +5,7 @@ probe app of tests/deployment/probe_app for several rounds and records, per
 round, the time from pushing one query to every SuperNode until the last reply
 arrives. It compares, in one run, Flower's default SuperExec task poll interval
 (1 s) with FLWR_SUPEREXEC_TASK_POLL_INTERVAL=0.05. It also times the imports
-that every fresh `flwr-clientapp` process pays before it can answer: Flower's
+that every fresh `flwr-clientapp` process pays before it handles its message: Flower's
 ClientApp runtime alone, and the healthfed agent's ClientApp module.
 
 Usage: .venv/bin/python benchmarks/loopback_round_trip.py [--rounds N] [--nodes N]
@@ -55,6 +55,7 @@ def measure_round_trips(
     for hospital in hospitals:
         configs[hospital] = directory / f"{hospital}.yaml"
         configs[hospital].write_text(f"hospital_id: {hospital}\n", encoding="utf-8")
+
     report_path = directory / "report.json"
     started = time.monotonic()
     with LoopbackDeployment(
@@ -74,6 +75,7 @@ def measure_round_trips(
             },
             timeout_seconds=600,
         )
+
     report = json.loads(report_path.read_text(encoding="utf-8"))
     round_trips: list[float] = report["round_trip_seconds"]
     # The first round also unpacks the app into each SuperNode's FLWR_HOME.

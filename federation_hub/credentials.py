@@ -19,8 +19,8 @@ roster.yaml has the layout that `policies.roster.load_roster` reads: `federation
 `hub` and `hospitals` (id -> base64 of the raw 32-byte Ed25519 public key).
 
 Flower 1.42 authenticates a SuperNode with an elliptic-curve key on a NIST curve
-in OpenSSH format (`flower-supernode --auth-supernode-private-key`, registered
-with `flwr supernode register`; Ed25519 is rejected there), so each hospital gets
+in OpenSSH format: `flower-supernode --auth-supernode-private-key` reads it, and
+`flwr supernode register` rejects an Ed25519 key. Each hospital therefore gets
 that key next to its Ed25519 identity key, which signs healthfed's own messages.
 """
 
@@ -186,8 +186,8 @@ def create_federation_credentials(
 
     `hostnames` are added to the SuperLink certificate's subject alternative
     names next to 127.0.0.1 and localhost. Existing files are never overwritten
-    unless `force` is true; without it, the check covers every file before the
-    first one is written, so a refused call leaves the directory unchanged.
+    unless `force` is true. Without it, every target is checked before the
+    first file is written, so a rejected call leaves the directory unchanged.
     Private keys are written with mode 0600.
 
     Raises:
@@ -254,8 +254,8 @@ def create_federation_credentials(
 def load_federation_credentials(directory: Path) -> FederationCredentials:
     """Return the file layout of an existing credentials directory.
 
-    The hospitals are those listed in roster.yaml. The CA key may be absent
-    (kept offline); every other file must exist.
+    The hospitals are those listed in roster.yaml. Every file must exist except
+    the CA key, which the operator may keep offline.
 
     Raises:
         InvalidCredentialsError: roster.yaml is missing or malformed, or a
@@ -338,7 +338,7 @@ def _create_hospital_keys(hospital: HospitalCredentials) -> ed25519.Ed25519Publi
 def _write_identity_key(
     private_path: Path, public_path: Path
 ) -> ed25519.Ed25519PublicKey:
-    """Generate an Ed25519 key; write it as PKCS#8 PEM and its public key as PEM."""
+    """Generate an Ed25519 key, write it as PKCS#8 PEM and its public key as PEM."""
     key = ed25519.Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -485,7 +485,7 @@ def _raw_base64(key: ed25519.Ed25519PublicKey) -> str:
 
 
 def _write_file(path: Path, content: bytes, *, private: bool) -> None:
-    """Write `content` atomically; a private file never exists with a wider mode.
+    """Write `content` atomically, without a private file ever having a wider mode.
 
     The temporary file is created by `mkstemp` with mode 0600 and renamed over
     the target, so a reader sees either the old file or the complete new one.

@@ -1,7 +1,7 @@
 """Loopback Flower deployment: one SuperLink and one SuperNode per hospital.
 
 `LoopbackDeployment` starts `flower-superlink` and the SuperNodes of Flower 1.42
-on 127.0.0.1 with TLS and SuperNode authentication, runs a Flower app with
+on 127.0.0.1 with TLS and SuperNode authentication. It runs a Flower app with
 `flwr run`, waits for the run to finish and reads its final status, because
 `flwr run` exits 0 even when the run fails. Every process gets a private
 FLWR_HOME and RAY_TMPDIR, free ports chosen at start-up, and Flower's
@@ -55,8 +55,8 @@ NO_PHONE_HOME_ENVIRONMENT: Mapping[str, str] = {
 otherwise, and the SuperLink would install app dependencies with `uv sync`."""
 
 DEPLOYMENT_MARKER_VARIABLE = "HEALTHFED_DEPLOYMENT_ID"
-"""Environment variable inherited by every descendant process; shutdown ends
-the processes that carry this deployment's value and nothing else."""
+"""Environment variable inherited by every descendant process. Shutdown ends
+the processes that carry this deployment's value and no other process."""
 
 RunConfigValue = str | int | float | bool
 
@@ -426,7 +426,7 @@ class LoopbackDeployment:
                 pass
             if time.monotonic() > deadline:
                 raise DeploymentError(
-                    f"SuperLink did not answer on {url} within "
+                    f"SuperLink health check at {url} timed out after "
                     f"{self.startup_timeout_seconds:.0f} s\n{self.log_tail()}"
                 )
             time.sleep(0.2)
@@ -578,7 +578,7 @@ def _kill_marked_processes(deployment_id: str) -> None:
         except OSError:
             continue
         if marker in environment:
-            logger.warning("killing leftover process %s of the deployment", entry.name)
+            logger.info("ending leftover process %s of the deployment", entry.name)
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
             except ProcessLookupError:

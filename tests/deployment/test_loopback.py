@@ -37,7 +37,7 @@ PROBE_APP = Path(__file__).parent / "probe_app"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENROLLED = ["cleveland", "hungary", "switzerland", "va-long-beach"]
 UNENROLLED = "intruder"
-REFUSAL_WAIT_SECONDS = 60
+EXIT_WAIT_SECONDS = 60
 # 127.0.0.1 and ::1 as /proc/net/tcp and /proc/net/tcp6 print them.
 LOOPBACK_HEX = {"0100007F", "00000000000000000000000001000000"}
 
@@ -124,7 +124,7 @@ def test_failed_run_raises(deployment: LoopbackDeployment) -> None:
     assert "configured to fail" in raised.value.log_tail
 
 
-def test_unenrolled_supernode_refused(
+def test_unenrolled_supernode_rejected(
     deployment: LoopbackDeployment,
     credentials: FederationCredentials,
     agent_configs: dict[str, Path],
@@ -132,7 +132,7 @@ def test_unenrolled_supernode_refused(
     process = deployment.start_supernode(
         credentials.hospital(UNENROLLED), agent_configs[UNENROLLED]
     )
-    return_code = process.wait(timeout=REFUSAL_WAIT_SECONDS)
+    return_code = process.wait(timeout=EXIT_WAIT_SECONDS)
     log = (
         deployment.directory / "supernodes" / UNENROLLED / f"supernode-{UNENROLLED}.log"
     ).read_text(encoding="utf-8")
@@ -141,7 +141,7 @@ def test_unenrolled_supernode_refused(
     assert _online_nodes(deployment) == len(ENROLLED)
 
 
-def test_supernode_with_other_ca_refused(
+def test_supernode_other_ca_rejected(
     deployment: LoopbackDeployment,
     credentials: FederationCredentials,
     agent_configs: dict[str, Path],
@@ -153,7 +153,7 @@ def test_supernode_with_other_ca_refused(
         agent_configs[UNENROLLED],
         root_certificate=other.ca_certificate,
     )
-    return_code = process.wait(timeout=REFUSAL_WAIT_SECONDS)
+    return_code = process.wait(timeout=EXIT_WAIT_SECONDS)
     log = (
         deployment.directory / "supernodes" / UNENROLLED / f"supernode-{UNENROLLED}.log"
     ).read_text(encoding="utf-8")

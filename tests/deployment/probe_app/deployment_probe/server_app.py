@@ -1,10 +1,12 @@
 """ServerApp that queries every SuperNode and times each round trip.
 
-Run config: `expected-nodes` (SuperNodes to wait for), `rounds` (query rounds),
-`fail` (raise after the rounds, to produce a failed run), `send-and-receive`
-(collect replies with `grid.send_and_receive`, which polls every 3 s, instead of
-a 0.05 s `pull_messages` loop) and `report-path` (a JSON file that receives the
-node configs and timings, or "").
+Run config keys:
+
+- `expected-nodes`: SuperNodes to wait for; `rounds`: query rounds.
+- `fail`: raise after the rounds, which makes the run fail.
+- `send-and-receive`: collect replies with `grid.send_and_receive`, which polls
+  every 3 s, in place of a `pull_messages` loop that polls every 0.05 s.
+- `report-path`: JSON file that receives the node configs and timings, or "".
 
 Timings per round: `round_trip_seconds` from pushing the queries to the last
 reply; per reply, `dispatch_seconds` from the push to the ClientApp handler and
