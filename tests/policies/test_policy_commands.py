@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from federation_hub import policy_commands
 from policies.accounting import compute_epsilon
+from policies.budget import hospital_budget, hub_budget
 from policies.identity import save_public_key
 from policies.ledger import Ledger
-from policies.models import PolicyError, parse_study_policy
+from policies.models import PolicyError, load_hospital_policy, parse_study_policy
 from policies.planner import plan_study
 from silo_agent import budget_command
 
@@ -242,3 +243,35 @@ def test_budget_tampered_ledger_exits_1(
     )
     assert result.exit_code == 1
     assert "entry 2 forged signature" in " ".join(result.output.split())
+
+
+def test_budget_flags_stored_epsilon_mismatch(
+    tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    path = tmp_path / "hub.db"
+    with Ledger.open(path, "hub", signing_key) as ledger:
+        ledger.record_spend(
+            "heart-disease-demo", 1, NONCE, dp(2.5), "rdp", 1e-5, 0.01, hospital_id="va"
+        )
+    report = hub_budget(
+        path, signing_key.public_key(), parse_study_policy(_study_document())
+    )
+    lines = {line.name: line for line in report.lines}
+    assert not lines["va"].replay_matches
+    assert lines["cleveland"].replay_matches
+
+
+def test_mixed_accountants_take_larger_epsilon(
+    tmp_path: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    path = tmp_path / "agent.db"
+    with Ledger.open(path, "va", signing_key) as ledger:
+        ledger.record_spend("s1", 1, NONCE, dp(1.5), "rdp", 1e-5, 0.5)
+        ledger.record_spend("s1", 2, NONCE, dp(1.5), "prv", 1e-3, 0.5)
+    policy = load_hospital_policy(BUNDLED / "hospital_va.yaml")
+    line = hospital_budget(path, signing_key.public_key(), policy).lines[0]
+    history = [dp(1.5)] * 2
+    assert line.delta == 1e-5
+    assert line.epsilon_spent == max(
+        compute_epsilon(history, 1e-5, "rdp"), compute_epsilon(history, 1e-5, "prv")
+    )
