@@ -7,8 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from secagg_harness import Federation, make_config, party_ids
-from test_protocol_sum import run_round
+from secagg_harness import Federation, make_config, party_ids, run_round
 
 from secure_aggregation.graph import neighbor_map
 from secure_aggregation.protocol import (
