@@ -324,6 +324,10 @@ def iter_csv_chunks(
             skip_blank_lines=False,
             skipinitialspace=True,
             chunksize=chunk_rows,
+            # Infer each column's type once per chunk, so a column that turns to
+            # text part-way through a chunk is text for the whole chunk rather
+            # than a mix of numbers and text.
+            low_memory=False,
             engine="c",
         )
         with reader:

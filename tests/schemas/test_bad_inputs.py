@@ -14,7 +14,7 @@ from schemas.errors import (
     UnreadableFileError,
 )
 from schemas.reading import CsvOptions
-from schemas.validation import validate_file, validate_frame
+from schemas.validation import _row_hashes, validate_file, validate_frame
 
 HEADER = "age,sex,cp,trestbps,chol,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal,num"
 GOOD = "63,1,1,145,233,1,2,150,0,2.3,3,0,6,0"
@@ -385,3 +385,25 @@ def test_parquet_dates(icu, tmp_path):
     assert result.report.columns["admitted_on"].out_of_range == 1
     assert result.report.columns["mean_arterial_pressure"].missing == 1
     assert quarantine_rows(quarantine).loc[0, "line"] == "2"
+
+
+def test_row_hashes_match_pandas():
+    frame = pd.DataFrame({"a": [1.0, 2.0, np.nan], "b": ["x", "y", None]})
+    expected = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    np.testing.assert_array_equal(_row_hashes([frame["a"], frame["b"]]), expected)
+
+
+@pytest.mark.filterwarnings("error::pandas.errors.DtypeWarning")
+def test_type_change_within_chunk(heart, tmp_path):
+    # 150,000 rows span two of the row buffers that pandas' C parser fills when
+    # low_memory is on, and only the second buffer contains text.
+    rows = [
+        f"{30 + i % 40},1,1,{100 + i // 40 % 100},233,1,2,{100 + i // 4000 % 100},"
+        "0,2.3,3,0,6,0"
+        for i in range(150_000)
+    ]
+    rows[140_000] = rows[140_000].replace(",233,", ",high,")
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    result = validate_file(path, heart)
+    assert result.report.columns["chol"].wrong_type == 1
+    assert result.accepted_rows == 149_999
