@@ -108,6 +108,7 @@ class HubSession:
         self._key_set: list[str] | None = None
         self._last_round = -1
         self._round: _OpenRound | None = None
+        self._last_survivors: list[str] = []
 
     @property
     def key_set(self) -> list[str] | None:
@@ -116,8 +117,8 @@ class HubSession:
 
     @property
     def survivors(self) -> list[str]:
-        """Survivors of the open or last collected round."""
-        return [] if self._round is None else list(self._round.survivors)
+        """Parties whose masked input the last collected round received."""
+        return list(self._last_survivors)
 
     # Study setup.
 
@@ -253,6 +254,7 @@ class HubSession:
         dropped = sorted(set(open_round.participants) - set(accepted))
         open_round.inputs = accepted
         open_round.survivors = survivors
+        self._last_survivors = list(survivors)
         open_round.dropped = dropped
         self._require_survivors(open_round, survivors, "masked inputs")
         logger.info(

@@ -193,3 +193,10 @@ def test_smallest_component_counts_groups() -> None:
     assert smallest_component(["a", "b", "c", "d", "e"], neighbors) == 2
     assert smallest_component(["a", "b", "c"], neighbors) == 3
     assert smallest_component(["a", "c"], neighbors) == 1
+
+
+def test_hub_reports_last_survivors() -> None:
+    federation = Federation.build(make_config(5), 5)
+    parties = federation.setup()
+    run_round(federation, 1, 1, drop_before_input=(parties[2],))
+    assert federation.hub.survivors == [p for p in parties if p != parties[2]]
