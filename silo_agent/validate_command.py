@@ -18,7 +18,10 @@ def validate(
     data: Annotated[Path, typer.Argument(help="CSV or Parquet file of records.")],
     schema_path: Annotated[
         Path,
-        typer.Option("--schema", help="Schema YAML file; the heart-disease schema."),
+        typer.Option(
+            "--schema",
+            help="Schema YAML file. Default: the bundled heart-disease schema.",
+        ),
     ] = HEART_DISEASE_SCHEMA_PATH,
     quarantine: Annotated[
         Path | None,
@@ -31,7 +34,11 @@ def validate(
         Path | None, typer.Option(help="Write the JSON report to this file.")
     ] = None,
     delimiter: Annotated[
-        str | None, typer.Option(help="CSV field delimiter. Default: detected.")
+        str | None,
+        typer.Option(
+            help="CSV field delimiter, one character; 'tab' or '\\t' for a tab. "
+            "Default: detected."
+        ),
     ] = None,
     encoding: Annotated[
         str | None,
@@ -60,6 +67,13 @@ def validate(
     except SchemaFileError as exc:
         console.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(code=2) from exc
+    if delimiter in ("tab", "\\t"):
+        delimiter = "\t"
+    if delimiter is not None and len(delimiter) != 1:
+        raise typer.BadParameter(
+            f"the delimiter must be one character, got {delimiter!r}",
+            param_hint="--delimiter",
+        )
     if quarantine is None:
         quarantine = data.with_name(data.name + ".quarantine.csv")
     options = CsvOptions(

@@ -80,3 +80,17 @@ def test_export_json_schema(tmp_path):
     result = RUNNER.invoke(make_app(), ["export-json-schema", str(output)])
     assert result.exit_code == 0
     assert "columns" in json.loads(output.read_text())["properties"]
+
+
+def test_validate_tab_delimiter(tmp_path):
+    path = tmp_path / "data.tsv"
+    path.write_text(GOOD.replace(",", "\t"))
+    result = RUNNER.invoke(make_app(), ["validate", str(path), "--delimiter", "tab"])
+    assert result.exit_code == 0
+
+
+def test_validate_long_delimiter(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text(GOOD)
+    result = RUNNER.invoke(make_app(), ["validate", str(path), "--delimiter", ";;"])
+    assert result.exit_code == 2
