@@ -332,6 +332,15 @@ def iter_csv_chunks(
         )
         with reader:
             for frame in reader:
+                if not isinstance(frame.index, pd.RangeIndex):
+                    # pandas turns the first field into the row index when every
+                    # row has one field more than the header, shifting columns.
+                    raise UnreadableFileError(
+                        source.path,
+                        "every row has more fields than the header",
+                        "add the missing column name to the header, or remove "
+                        "the trailing delimiter from each row",
+                    )
                 if source.header:
                     frame.columns = [str(name).strip() for name in frame.columns]
                 frame = frame[present]

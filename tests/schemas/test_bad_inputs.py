@@ -407,3 +407,16 @@ def test_type_change_within_chunk(heart, tmp_path):
     result = validate_file(path, heart)
     assert result.report.columns["chol"].wrong_type == 1
     assert result.accepted_rows == 149_999
+
+
+def test_every_row_one_field_more(heart, tmp_path):
+    # pandas would silently use the first field as the index and shift columns.
+    path = write(tmp_path, f"{HEADER}\n{GOOD},\n{GOOD},\n")
+    with pytest.raises(UnreadableFileError, match="more fields than the header"):
+        validate_file(path, heart)
+
+
+def test_later_row_extra_field(heart, tmp_path):
+    path = write(tmp_path, f"{GOOD}\n{GOOD},9\n")
+    with pytest.raises(UnreadableFileError, match="parsed"):
+        validate_file(path, heart)
