@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 HEART_DISEASE_SCHEMA_PATH = Path(__file__).parent / "bundled" / "heart_disease.yaml"
 ICU_OUTCOME_SCHEMA_PATH = Path(__file__).parent / "bundled" / "icu_outcome.yaml"
 
+# Largest schema file accepted, in bytes. The bundled schemas are under 5 KB.
+MAX_SCHEMA_BYTES = 1024 * 1024
+
 
 @dataclass(frozen=True)
 class SchemaProblem:
@@ -53,6 +56,19 @@ def load_schema(path: str | Path) -> Schema:
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_SCHEMA_BYTES:
+            raise SchemaFileError(
+                path,
+                [
+                    SchemaProblem(
+                        "file",
+                        None,
+                        f"is {size} bytes, over the limit of {MAX_SCHEMA_BYTES}; "
+                        "a schema file is a short YAML document",
+                    )
+                ],
+            )
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise SchemaFileError(
@@ -64,8 +80,9 @@ def load_schema(path: str | Path) -> Schema:
 def parse_schema(text: str, path: Path) -> Schema:
     """Validate schema YAML ``text``; ``path`` only names the file in errors."""
     try:
-        document = yaml.safe_load(text)
         root = yaml.compose(text)
+        _reject_aliases(path, root)
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         line = None
         mark = getattr(exc, "problem_mark", None)
@@ -99,6 +116,36 @@ def parse_schema(text: str, path: Path) -> Schema:
         schema.content_hash[:12],
     )
     return schema
+
+
+def _reject_aliases(path: Path, root: yaml.Node | None) -> None:
+    """Raise SchemaFileError if a YAML node is reached twice (an alias).
+
+    Aliases let a few lines expand into an exponentially large document, and a
+    schema file has no use for them.
+    """
+    seen: set[int] = set()
+    pending = [] if root is None else [root]
+    while pending:
+        node = pending.pop()
+        if id(node) in seen:
+            raise SchemaFileError(
+                path,
+                [
+                    SchemaProblem(
+                        "file",
+                        node.start_mark.line + 1,
+                        "repeats the node anchored here (&name) through an alias "
+                        "(*name); write the value out instead",
+                    )
+                ],
+            )
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            pending.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                pending.extend((key_node, value_node))
 
 
 def _format_location(loc: tuple[int | str, ...], document: Any) -> str:

@@ -249,3 +249,18 @@ def _jsonable(value):
     if isinstance(value, dt.date):
         return value.isoformat()
     return value
+
+
+def test_yaml_alias_rejected(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text("a: &x [1, 2]\nb: [*x, *x]\n")
+    with pytest.raises(SchemaFileError, match="alias") as caught:
+        load_schema(path)
+    assert caught.value.problems[0].line == 1
+
+
+def test_oversized_schema_rejected(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("# padding\n" * 200_000)
+    with pytest.raises(SchemaFileError, match="over the limit"):
+        load_schema(path)
