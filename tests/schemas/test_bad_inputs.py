@@ -420,3 +420,18 @@ def test_later_row_extra_field(heart, tmp_path):
     path = write(tmp_path, f"{GOOD}\n{GOOD},9\n")
     with pytest.raises(UnreadableFileError, match="parsed"):
         validate_file(path, heart)
+
+
+def test_late_non_utf8_byte(heart, tmp_path):
+    rows = [
+        f"{30 + i % 40},1,1,{100 + i // 40},233,1,2,150,0,2.3,3,0,6,0"
+        for i in range(3_000)
+    ]
+    notes = ["x"] * (len(rows) - 1) + ["é"]
+    body = "\n".join(f"{row},{note}" for row, note in zip(rows, notes, strict=True))
+    text = f"{HEADER},note\n{body}\n"
+    path = write(tmp_path, text, encoding="latin-1")
+    with pytest.raises(UnreadableFileError, match="encoding"):
+        validate_file(path, heart)
+    result = validate_file(path, heart, options=CsvOptions(encoding="latin-1"))
+    assert result.accepted_rows == 3_000
