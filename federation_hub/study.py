@@ -604,9 +604,22 @@ class StudyRunner:
         result: ConfigRecord,
         epsilon: float,
     ) -> str:
-        """Return why a hospital's receipt is unacceptable, or an empty string."""
+        """Return why a hospital's receipt is unacceptable, or an empty string.
+
+        The hub counts a round in which a hospital did not answer as spent, but
+        the hospital may never have received it. Where such unconfirmed rounds
+        exist, the receipt's epsilon may lie between the epsilon of the
+        confirmed rounds alone and the hub's conservative epsilon; otherwise it
+        must equal the hub's epsilon.
+        """
         try:
             receipt = Receipt.model_validate_json(bytes(result["receipt"]))
+            lowest = self._confirmed_epsilon(hospital_id, instruction)
+            if (
+                lowest < epsilon
+                and lowest * (1 - 1e-9) <= receipt.epsilon_after <= epsilon
+            ):
+                epsilon = receipt.epsilon_after
             check_receipt(
                 receipt,
                 self.roster.hospital_key(hospital_id),
@@ -633,6 +646,26 @@ class StudyRunner:
             },
         )
         return ""
+
+    def _confirmed_epsilon(
+        self, hospital_id: str, instruction: RoundInstruction
+    ) -> float:
+        """Return the hospital's epsilon after this round over confirmed spends only."""
+        unconfirmed = {
+            (int(entry.payload["round"]), str(entry.payload["hospital_id"]))
+            for entry in self.ledger.entries()
+            if entry.kind == "unconfirmed_spend"
+            and entry.payload.get("study_id") == self.policy.study_id
+        }
+        confirmed = [
+            DPParameters(**{k: e.payload[k] for k in DPParameters.model_fields})
+            for e in self.ledger.spends(self.policy.study_id, hospital_id=hospital_id)
+            if (int(e.payload["round"]), hospital_id) not in unconfirmed
+            and int(e.payload["round"]) != instruction.round
+        ]
+        return compute_epsilon(
+            [*confirmed, instruction.dp], self.policy.delta, self.policy.accountant
+        )
 
     def _evaluate(self, parameters: Parameters) -> dict[str, dict[str, float]]:
         model_record = _model_record(parameters)

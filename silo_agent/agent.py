@@ -31,7 +31,7 @@ from policies.enforcement import (
     check_instruction,
 )
 from policies.identity import load_private_key
-from policies.ledger import Ledger, LedgerEntry
+from policies.ledger import Ledger
 from policies.models import HospitalPolicy, TrainingConfig, load_hospital_policy
 from policies.receipts import Receipt, sign_receipt
 from policies.roster import Roster, identify_message, load_roster
@@ -296,7 +296,9 @@ class SiloAgent:
 
     def _spend(self, instruction: RoundInstruction) -> float:
         """Check the instruction and commit its spend; return epsilon after it."""
-        spend = self._recorded_spend(instruction)
+        spend = self.ledger.find_spend(
+            instruction.study_id, instruction.round, instruction.nonce
+        )
         if spend is not None:
             # The spend was committed before a crash and nothing was released:
             # train again under the same spend.
@@ -364,15 +366,6 @@ class SiloAgent:
         model = self.build_model(training)
         load_parameters(model, parameters)
         return evaluate(model, self.cohort.test_features, self.cohort.test_labels)
-
-    def _recorded_spend(self, instruction: RoundInstruction) -> LedgerEntry | None:
-        for entry in self.ledger.spends(instruction.study_id):
-            if (
-                entry.payload["round"] == instruction.round
-                and entry.payload["nonce"] == instruction.nonce
-            ):
-                return entry
-        return None
 
     def _outbox_path(self, instruction: RoundInstruction) -> Path:
         key = f"{instruction.study_id}\0{instruction.round}\0{instruction.nonce}"
