@@ -21,6 +21,7 @@ def validate(
         typer.Option(
             "--schema",
             help="Schema YAML file. Default: the bundled heart-disease schema.",
+            show_default=False,
         ),
     ] = HEART_DISEASE_SCHEMA_PATH,
     quarantine: Annotated[
