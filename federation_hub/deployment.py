@@ -42,6 +42,8 @@ from federation_hub.credentials import FederationCredentials, HospitalCredential
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOST = "127.0.0.1"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""Folder of healthfed's pyproject.toml, whose Flower app `run_app` runs by default."""
 CONNECTION_NAME = "healthfed"
 """Name of the SuperLink connection in the private FLWR_HOME/config.toml."""
 
@@ -63,6 +65,7 @@ RunConfigValue = str | int | float | bool
 _STOP_GRACE_SECONDS = 5.0
 _STATUS_POLL_SECONDS = 0.5
 _LOG_TAIL_LINES = 40
+_CLI_TIMEOUT_SECONDS = 120
 
 
 class DeploymentError(RuntimeError):
@@ -125,8 +128,9 @@ class LoopbackDeployment:
 
     `agent_configs` maps each hospital id to the agent configuration file that
     its SuperNode passes to the ClientApp as node config `agent-config`. Only
-    those hospitals are registered with the SuperLink; other hospitals of
-    `credentials` stay unenrolled. Logs go to `directory`.
+    those hospitals are registered with the SuperLink, and other hospitals of
+    `credentials` stay unenrolled. Logs go to `directory`. Child processes do
+    not inherit this process's FLWR_* and RAY_* variables.
 
     Entering starts the SuperLink, registers the SuperNode public keys, starts
     the SuperNodes and waits until all of them are online. Leaving, also after
@@ -302,7 +306,7 @@ class LoopbackDeployment:
 
     def run_app(
         self,
-        app_directory: Path,
+        app_directory: Path = PROJECT_ROOT,
         run_config: Mapping[str, RunConfigValue] | None = None,
         *,
         timeout_seconds: float = 600.0,
@@ -492,15 +496,20 @@ class LoopbackDeployment:
         home = self.control_home.parent
         environment = self._environment(home)
         command = [_executable("flwr"), *arguments]
-        completed = subprocess.run(
-            command,
-            cwd=home,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        try:
+            completed = subprocess.run(
+                command,
+                cwd=home,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=_CLI_TIMEOUT_SECONDS,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise DeploymentError(
+                f"`{shlex.join(command)}` timed out after {_CLI_TIMEOUT_SECONDS} s"
+            ) from err
         stdout = completed.stdout.decode("utf-8", errors="replace")
         if completed.returncode != 0:
             stderr = completed.stderr.decode("utf-8", errors="replace")

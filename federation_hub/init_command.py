@@ -94,7 +94,7 @@ def init(
     typer.echo(f"roster (give to every hospital): {paths.roster}")
     for entry in paths.hospitals:
         typer.echo(
-            f"hospital {entry.hospital_id}: {entry.identity_key.parent} "
-            "(hand over over a trusted channel, then delete the hub's copy of the "
+            f"hospital {entry.hospital_id}: {entry.identity_key.parent} (send to the "
+            "hospital over a trusted channel, then delete the hub's copy of its "
             "private keys)"
         )

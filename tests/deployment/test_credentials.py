@@ -308,6 +308,16 @@ def test_cli_init_refuses_overwrite(tmp_path: Path) -> None:
     assert "--force" in result.output
 
 
+def test_hub_cli_registers_init(tmp_path: Path) -> None:
+    from federation_hub.cli import app as hub_cli
+
+    result = CliRunner().invoke(
+        hub_cli, ["init", str(tmp_path), "--hospital", "cleveland"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "roster.yaml").is_file()
+
+
 def test_cli_init_force_overwrites(tmp_path: Path) -> None:
     runner = CliRunner()
     runner.invoke(_cli(), [str(tmp_path), "--hospital", "cleveland"])

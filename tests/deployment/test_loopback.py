@@ -34,7 +34,6 @@ from federation_hub.report import REPORT_FILE
 pytestmark = pytest.mark.deployment
 
 PROBE_APP = Path(__file__).parent / "probe_app"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ENROLLED = ["cleveland", "hungary", "switzerland", "va-long-beach"]
 UNENROLLED = "intruder"
 EXIT_WAIT_SECONDS = 60
@@ -256,7 +255,7 @@ def test_healthfed_app_one_round(tmp_path: Path) -> None:
         tmp_path / "deployment", credentials, agent_configs
     ) as running:
         result = running.run_app(
-            PROJECT_ROOT, {"federation-dir": str(federation)}, timeout_seconds=300
+            run_config={"federation-dir": str(federation)}, timeout_seconds=900
         )
 
     report_path = load_hub_config(federation).reports_dir / REPORT_FILE
