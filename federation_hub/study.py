@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 Parameters = dict[str, np.ndarray]
 
+# Seconds between two pulls for replies.
+REPLY_POLL_INTERVAL_S = 0.1
+
 # With two hospitals, each learns the other's update from the sum and its own.
 MIN_SECURE_PARTIES = 3
 
@@ -755,9 +758,30 @@ class StudyRunner:
         return rows
 
     def _exchange(self, messages: Iterable[Message]) -> list[Message]:
+        """Send messages and collect the replies until all arrive or time runs out.
+
+        Flower 1.42's ``Grid.send_and_receive`` on a deployment sleeps 3 s
+        between pulls; pulling every ``REPLY_POLL_INTERVAL_S`` instead makes an
+        exchange cost what the nodes need, not a multiple of 3 s.
+        """
         messages = list(messages)
         if not messages:
             return []
-        return list(
-            self.grid.send_and_receive(messages, timeout=self.config.round_timeout_s)
-        )
+        pending = set(self.grid.push_messages(messages))
+        replies: list[Message] = []
+        deadline = time.monotonic() + self.config.round_timeout_s
+        while pending:
+            received = list(self.grid.pull_messages(pending))
+            replies.extend(received)
+            pending.difference_update(m.metadata.reply_to_message_id for m in received)
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(REPLY_POLL_INTERVAL_S)
+        if pending:
+            logger.warning(
+                "%d of %d replies missing after %.0f s",
+                len(pending),
+                len(messages),
+                self.config.round_timeout_s,
+            )
+        return replies
