@@ -190,6 +190,10 @@ def create_federation_credentials(
     first file is written, so a rejected call leaves the directory unchanged.
     Private keys are written with mode 0600.
 
+    NOTE: the hospitals' private keys are generated here, on the hub operator's
+    machine. No command yet lets a hospital generate its own keys and send only
+    the public keys to the hub.
+
     Raises:
         InvalidCredentialsError: an id, hostname, federation name or validity
             is invalid.
