@@ -138,6 +138,35 @@ def error_table(results: list[DimensionResult]) -> list[str]:
     return lines
 
 
+def breakdown_table(results: list[DimensionResult]) -> list[str]:
+    """Return where each method's round time goes, as medians over rounds.
+
+    Per method: the round, the part spent inside exchanges, the nodes' handler
+    time summed over nodes (part of the exchanges), and the exchange count.
+    """
+    lines = [
+        "| n | d | plain: round / exchanges / nodes (count) | ours: ditto "
+        "| SecAgg+: ditto |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        cells = []
+        for method in METHODS:
+            total = statistics.median(r.round_seconds[method])
+            waited = statistics.median(r.exchange_seconds[method])
+            nodes = statistics.median(r.node_seconds[method])
+            cells.append(
+                f"{_seconds(total)} / {_seconds(waited)} / {_seconds(nodes)} "
+                f"({r.exchanges[method]})"
+            )
+        lines.append(
+            f"| {r.node_count} | {_dimension_label(r.dimension)} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
 def machine() -> str:
     """Return the CPU model, core count and software versions."""
     import cryptography
@@ -216,6 +245,9 @@ def main() -> None:
     print(f"Whole run: {elapsed / 60:.1f} min")
     print()
     print("\n".join(table(results)))
+    print()
+    print("Round, time inside exchanges, summed node handler time (exchanges):")
+    print("\n".join(breakdown_table(results)))
     print()
     print("Largest absolute error of any round's sum against the float64 sum:")
     print("\n".join(error_table(results)))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,6 +40,7 @@ from flwr.app import (
 )
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.compat.common import recorddict_compat as compat
 
@@ -144,7 +146,23 @@ def _result(message: Message, fields: dict[str, Any]) -> Message:
     return Message(RecordDict({wire.RESULT: ConfigRecord(fields)}), reply_to=message)
 
 
-app = ClientApp()
+#: Name of the reply record in which ``timing_mod`` reports the handler's time.
+TIMING = "bench_timing"
+
+
+def timing_mod(
+    message: Message, context: Context, call_next: ClientAppCallable
+) -> Message:
+    """Run the handler and its inner mods; add their seconds to the reply."""
+    start = time.perf_counter()
+    reply = call_next(message, context)
+    seconds = time.perf_counter() - start
+    if reply.has_content():
+        reply.content.config_records[TIMING] = ConfigRecord({"seconds": seconds})
+    return reply
+
+
+app = ClientApp(mods=[timing_mod])
 
 
 @app.query("bench_identify")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,7 @@ from flower_rounds.client import (
     IDENTIFY,
     PLAIN,
     SECURE,
+    TIMING,
     field_of,
     hospital_id,
     synthetic_update,
@@ -85,8 +86,55 @@ class DimensionResult:
     max_error: dict[str, float] = field(
         default_factory=lambda: {method: 0.0 for method in METHODS}
     )
+    exchange_seconds: dict[str, list[float]] = field(
+        default_factory=lambda: {method: [] for method in METHODS}
+    )
+    node_seconds: dict[str, list[float]] = field(
+        default_factory=lambda: {method: [] for method in METHODS}
+    )
+    exchanges: dict[str, int] = field(default_factory=dict)
     tolerance: dict[str, float] = field(default_factory=dict)
     setup_seconds: float = float("nan")
+
+
+class TimedGrid:
+    """A Grid wrapper that adds up the time spent in ``send_and_receive``.
+
+    The time between pushing the messages and holding every reply covers the
+    nodes' work, the transport and the grid's reply polling (every 0.1 s in
+    Flower 1.42's simulation engine). The rest of a round is the ServerApp's own
+    work. ``node_seconds`` adds up the handler times that the nodes' timing mod
+    reports in their replies.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.exchange_seconds = 0.0
+        self.node_seconds = 0.0
+        self.exchanges = 0
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        """Push ``messages`` and return their replies, timing the wait."""
+        start = time.perf_counter()
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        self.exchange_seconds += time.perf_counter() - start
+        self.exchanges += 1
+        for reply in replies:
+            if reply.has_content() and TIMING in reply.content.config_records:
+                timing = reply.content.config_records[TIMING]
+                self.node_seconds += field_of(timing, "seconds", float)
+        return replies
+
+    def reset(self) -> None:
+        """Start counting from zero."""
+        self.exchange_seconds = 0.0
+        self.node_seconds = 0.0
+        self.exchanges = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
 
 
 class SumMismatchError(RuntimeError):
@@ -323,14 +371,14 @@ def _check(
 
 
 def measure_dimension(
-    grid: Grid,
+    grid: TimedGrid,
     context: Context,
     nodes: dict[str, int],
     settings: BenchSettings,
     dimension: int,
 ) -> DimensionResult:
     """Time and check every method's rounds at one dimension."""
-    methods = _Methods(grid, context, nodes, settings, dimension)
+    methods = _Methods(cast(Grid, grid), context, nodes, settings, dimension)
     actions = {
         "plain": methods.plain,
         "ours": methods.ours,
@@ -344,12 +392,16 @@ def measure_dimension(
         expected = methods.expected_sum()
         shift = round_index % len(METHODS)
         for method in METHODS[shift:] + METHODS[:shift]:
+            grid.reset()
             start = time.perf_counter()
             total = actions[method]()
             seconds = time.perf_counter() - start
             _check(result, method, total, expected)
+            result.exchanges[method] = grid.exchanges
             if round_index >= settings.warmup:
                 result.round_seconds[method].append(seconds)
+                result.exchange_seconds[method].append(grid.exchange_seconds)
+                result.node_seconds[method].append(grid.node_seconds)
         logger.info("n=%d d=%d round %d done", len(nodes), dimension, round_index)
     return result
 
@@ -363,7 +415,10 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         nodes = _discover(grid, settings)
+        timed = TimedGrid(grid)
         for dimension in settings.dimensions:
-            results.append(measure_dimension(grid, context, nodes, settings, dimension))
+            results.append(
+                measure_dimension(timed, context, nodes, settings, dimension)
+            )
 
     return app
