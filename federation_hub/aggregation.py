@@ -40,13 +40,12 @@ class FedAvg:
             raise ValueError(
                 "aggregation needs at least one update with positive weight"
             )
-        weighted_sum = {
-            name: sum(
-                np.asarray(delta[name], dtype=np.float64) * weight
-                for delta, weight in updates
-            )
-            for name in parameters
-        }
+        weighted_sum: Parameters = {}
+        for name, value in parameters.items():
+            total = np.zeros(np.shape(value), dtype=np.float64)
+            for delta, weight in updates:
+                total += np.asarray(delta[name], dtype=np.float64) * weight
+            weighted_sum[name] = total
         return self.apply_sum(parameters, weighted_sum, total_weight)
 
     def apply_sum(

@@ -130,7 +130,7 @@ class SecureAggregator:
             },
         )
         bundle = self.session.collect_advertisements(
-            {h: bytes(r["advertisement"]) for h, r in advertisements.items()}
+            {h: wire.field_bytes(r, "advertisement") for h, r in advertisements.items()}
         )
         confirmations = self._replies(
             wire.SECAGG_CONFIRM,
@@ -147,7 +147,7 @@ class SecureAggregator:
         )
         addressed = {
             sender: {
-                key.removeprefix("to."): bytes(value)
+                key.removeprefix("to."): wire.field_bytes(result, key)
                 for key, value in result.items()
                 if key.startswith("to.")
             }
@@ -209,6 +209,6 @@ class SecureAggregator:
             },
         )
         total, total_weight = self.session.finalize(
-            {h: bytes(r["response"]) for h, r in responses.items()}
+            {h: wire.field_bytes(r, "response") for h, r in responses.items()}
         )
         return unflatten_parameters(total, like), total_weight

@@ -96,10 +96,9 @@ def run_simulation_study(
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
 
-    if "error" in outcome:
-        raise StudyFailedError(f"the study failed: {outcome['error']}") from outcome[
-            "error"
-        ]  # type: ignore[misc]
+    error = outcome.get("error")
+    if isinstance(error, BaseException):
+        raise StudyFailedError(f"the study failed: {error}") from error
     result = outcome.get("result")
     if not isinstance(result, StudyResult):
         raise StudyFailedError(

@@ -89,6 +89,12 @@ class StudyResult:
 ProgressCallback = Callable[[str, Any], None]
 
 
+def _result_record(reply: Message) -> ConfigRecord | None:
+    """Return the reply's result record, or None when the reply lacks one."""
+    records = reply.content.config_records
+    return records[wire.RESULT] if wire.RESULT in records else None
+
+
 def _model_record(parameters: Parameters) -> ArrayRecord:
     return ArrayRecord(
         {name: Array(np.ascontiguousarray(value)) for name, value in parameters.items()}
@@ -174,7 +180,10 @@ class StudyRunner:
             if not reply.has_content():
                 logger.warning("node %s failed identification: %s", node, reply.error)
                 continue
-            result = reply.content.config_records[wire.RESULT]
+            result = _result_record(reply)
+            if result is None or not isinstance(result.get("hospital_id"), str):
+                logger.warning("node %s sent a malformed identification", node)
+                continue
             hospital_id = str(result["hospital_id"])
             if hospital_id not in self.policy.hospitals:
                 logger.warning(
@@ -184,12 +193,12 @@ class StudyRunner:
             try:
                 key = self.roster.hospital_key(hospital_id)
                 key.verify(
-                    bytes(result["signature"]),
+                    wire.field_bytes(result, "signature"),
                     identify_message(
                         self.policy.study_id, hospital_id, node, challenges[node]
                     ),
                 )
-            except InvalidSignature:
+            except (InvalidSignature, wire.MessageFieldError):
                 logger.warning(
                     "node %s claims %r with an invalid signature; ignored",
                     node,
@@ -430,7 +439,14 @@ class StudyRunner:
                 )
                 self._record_spend(hospital_id, instruction, histories, confirmed=False)
                 continue
-            result = reply.content.config_records[wire.RESULT]
+            result = _result_record(reply)
+            if result is None or result.get("status") not in ("trained", "rejected"):
+                outcome.flagged[hospital_id] = "malformed reply: no valid result record"
+                logger.error(
+                    "round %d: %s sent a malformed reply", round_number, hospital_id
+                )
+                self._record_spend(hospital_id, instruction, histories, confirmed=False)
+                continue
             if result["status"] == "rejected":
                 outcome.rejected[hospital_id] = str(result["reason"])
                 logger.warning(
@@ -512,7 +528,7 @@ class StudyRunner:
             name: np.asarray(array.numpy(), dtype=np.float32)
             for name, array in reply.content.array_records[wire.UPDATE].items()
         }
-        return delta, float(result["num_examples"])
+        return delta, wire.field_number(result, "num_examples")
 
     def _apply_secure(
         self,
@@ -616,7 +632,7 @@ class StudyRunner:
         must equal the hub's epsilon.
         """
         try:
-            receipt = Receipt.model_validate_json(bytes(result["receipt"]))
+            receipt = Receipt.model_validate_json(wire.field_bytes(result, "receipt"))
             lowest = self._confirmed_epsilon(hospital_id, instruction)
             if (
                 lowest < epsilon
@@ -689,10 +705,17 @@ class StudyRunner:
             hospital_id = by_node.get(reply.metadata.src_node_id)
             if hospital_id is None or not reply.has_content():
                 continue
-            record = reply.content.metric_records[wire.METRICS]
-            metrics[hospital_id] = {
-                name: float(value) for name, value in record.items()
-            }
+            records = reply.content.metric_records
+            if wire.METRICS not in records:
+                logger.warning("evaluation reply of %s has no metrics", hospital_id)
+                continue
+            try:
+                metrics[hospital_id] = {
+                    name: wire.field_number(records[wire.METRICS], name)
+                    for name in ("accuracy", "roc_auc", "loss", "examples")
+                }
+            except wire.MessageFieldError as error:
+                logger.warning("evaluation reply of %s: %s", hospital_id, error)
         return dict(sorted(metrics.items()))
 
     @staticmethod
@@ -711,7 +734,7 @@ class StudyRunner:
     ) -> None:
         path = self.config.models_dir / f"round-{round_number:04d}.npz"
         temporary = path.with_suffix(".tmp.npz")
-        np.savez(temporary, **parameters)
+        np.savez(temporary, **parameters)  # type: ignore[arg-type]
         temporary.replace(path)
         self.ledger.append(
             "round_completed",

@@ -47,3 +47,39 @@ def decode_training(flat: Mapping[str, Any]) -> TrainingConfig:
         return TrainingConfig(**dict(flat))
     except (ValidationError, TypeError) as error:
         raise PolicyError(f"invalid training settings: {error}") from None
+
+
+class MessageFieldError(ValueError):
+    """A message field is missing or has the wrong type."""
+
+
+def field_bytes(record: Mapping[str, Any], name: str) -> bytes:
+    """Return the bytes field ``name``; raise if it is missing or not bytes.
+
+    ``bytes(value)`` would turn an integer into that many zero bytes, so the type
+    is checked rather than converted.
+    """
+    value = record.get(name)
+    if not isinstance(value, bytes):
+        raise MessageFieldError(
+            f"message field {name!r} must be bytes, got {type(value).__name__}"
+        )
+    return value
+
+
+def field_str_list(record: Mapping[str, Any], name: str) -> list[str]:
+    """Return the list-of-strings field ``name``; raise if missing or mistyped."""
+    value = record.get(name)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise MessageFieldError(f"message field {name!r} must be a list of strings")
+    return list(value)
+
+
+def field_number(record: Mapping[str, Any], name: str) -> float:
+    """Return the numeric field ``name``; raise if missing or not a number."""
+    value = record.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MessageFieldError(
+            f"message field {name!r} must be a number, got {type(value).__name__}"
+        )
+    return float(value)

@@ -109,7 +109,9 @@ def identify(message: Message, context: Context) -> Message:
     agent = get_agent(context)
     challenge = message.content.config_records[wire.CHALLENGE]
     signature = agent.identify(
-        str(challenge["study_id"]), bytes(challenge["challenge"]), context.node_id
+        str(challenge["study_id"]),
+        wire.field_bytes(challenge, "challenge"),
+        context.node_id,
     )
     reply = ConfigRecord(
         {
@@ -142,13 +144,22 @@ def train(message: Message, context: Context) -> Message:
         secure_round = None
         if wire.SECAGG in content.config_records:
             secagg = content.config_records[wire.SECAGG]
-            confirmations = secagg.get("confirmations")
+            confirmations = (
+                wire.field_bytes(secagg, "confirmations")
+                if "confirmations" in secagg
+                else None
+            )
             secure_round = SecureRound(
-                participants=[str(p) for p in secagg["participants"]],
-                confirmations=None if confirmations is None else bytes(confirmations),
+                participants=wire.field_str_list(secagg, "participants"),
+                confirmations=confirmations,
             )
         reply = agent.train(instruction, training, global_parameters, secure_round)
-    except (InstructionRejected, PolicyError, SecureAggregationError) as error:
+    except (
+        InstructionRejected,
+        PolicyError,
+        SecureAggregationError,
+        wire.MessageFieldError,
+    ) as error:
         reason = error.reason if isinstance(error, InstructionRejected) else str(error)
         logger.warning(
             "%s rejected the round instruction: %s", agent.hospital_id, reason
@@ -183,12 +194,18 @@ def secagg_advertise(message: Message, context: Context) -> Message:
         setup = dict(content.config_records[wire.SECAGG])
         training = wire.decode_training(dict(content.config_records[wire.TRAINING]))
         study_id = str(setup.pop("study_id"))
-        parties = [str(p) for p in setup.pop("parties")]
+        parties = wire.field_str_list(setup, "parties")
+        del setup["parties"]
         config = config_from_fields(setup)
         advertisement = agent.secure.advertise(
             study_id, parties, config, training, agent.model_size(training)
         )
-    except (SecureAggregationError, PolicyError, KeyError) as error:
+    except (
+        SecureAggregationError,
+        PolicyError,
+        KeyError,
+        wire.MessageFieldError,
+    ) as error:
         logger.warning("%s rejected the key setup: %s", agent.hospital_id, error)
         return _rejection(message, str(error))
     result = ConfigRecord({"status": "ok", "advertisement": advertisement})
@@ -202,9 +219,9 @@ def secagg_confirm(message: Message, context: Context) -> Message:
     setup = message.content.config_records[wire.SECAGG]
     try:
         confirmations = agent.secure.confirm(
-            str(setup["study_id"]), bytes(setup["bundle"])
+            str(setup["study_id"]), wire.field_bytes(setup, "bundle")
         )
-    except (SecureAggregationError, KeyError) as error:
+    except (SecureAggregationError, KeyError, wire.MessageFieldError) as error:
         logger.warning("%s rejected the key bundle: %s", agent.hospital_id, error)
         return _rejection(message, str(error))
     fields: dict[str, Any] = {"status": "ok"}
@@ -243,4 +260,6 @@ def evaluate(message: Message, context: Context) -> Message:
     training = wire.decode_training(dict(content.config_records[wire.TRAINING]))
     parameters = parameters_from_record(content.array_records[wire.GLOBAL_MODEL])
     metrics = agent.evaluate(training, parameters)
-    return Message(RecordDict({wire.METRICS: MetricRecord(metrics)}), reply_to=message)
+    return Message(
+        RecordDict({wire.METRICS: MetricRecord(dict(metrics))}), reply_to=message
+    )
