@@ -94,6 +94,7 @@ class SecureAggregationState:
         Raises:
             SecureAggregationRejected: the settings do not match this agent's
                 model, clip norm or roster.
+
         """
         if config.model_size != model_size:
             raise SecureAggregationRejected(
@@ -175,6 +176,8 @@ class SecureAggregationState:
     ) -> bytes:
         """Return this hospital's unmasking shares for the open round."""
         session = self._load(study_id)
-        response = session.unmask(round_number, nonce, survivors, dropped, encrypted_shares)
+        response = session.unmask(
+            round_number, nonce, survivors, dropped, encrypted_shares
+        )
         self._save(session)
         return response
