@@ -687,6 +687,13 @@ class StudyRunner:
         )
 
     def _evaluate(self, parameters: Parameters) -> dict[str, dict[str, float]]:
+        """Return each hospital's metrics of the global model on its test split.
+
+        NOTE: the metrics arrive per hospital in the clear, because the operator
+        and the study report need each hospital's accuracy. They describe the
+        global model, not a hospital's update, but they are a release computed
+        on its test records.
+        """
         model_record = _model_record(parameters)
         training_record = ConfigRecord(wire.encode_training(self.policy.training))
         messages = [
