@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from schemas import HEART_DISEASE_SCHEMA_PATH, ICU_OUTCOME_SCHEMA_PATH, load_schema
+from schemas.duplicates import row_hashes
 from schemas.errors import (
     EmptyCohortError,
     LabelMappingError,
@@ -14,7 +15,7 @@ from schemas.errors import (
     UnreadableFileError,
 )
 from schemas.reading import CsvOptions
-from schemas.validation import _row_hashes, validate_file, validate_frame
+from schemas.validation import validate_file, validate_frame
 
 HEADER = "age,sex,cp,trestbps,chol,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal,num"
 GOOD = "63,1,1,145,233,1,2,150,0,2.3,3,0,6,0"
@@ -390,7 +391,7 @@ def test_parquet_dates(icu, tmp_path):
 def test_row_hashes_match_pandas():
     frame = pd.DataFrame({"a": [1.0, 2.0, np.nan], "b": ["x", "y", None]})
     expected = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    np.testing.assert_array_equal(_row_hashes([frame["a"], frame["b"]]), expected)
+    np.testing.assert_array_equal(row_hashes([frame["a"], frame["b"]]), expected)
 
 
 @pytest.mark.filterwarnings("error::pandas.errors.DtypeWarning")
