@@ -134,8 +134,8 @@ def patient_keys(checks: dict[str, ColumnCheck], id_column: str | None) -> pd.Se
 def row_hashes(columns: list[pd.Series]) -> np.ndarray:
     """Combine per-column 64-bit hashes into one hash per row.
 
-    The combination is the one of pandas' ``hash_pandas_object`` (pandas 3.1),
-    taken from CPython's tuple hash before 3.8: xor, then multiply by a
+    The combination equals pandas' ``hash_pandas_object`` (pandas 3.1), whose
+    source describes it as CPython's tuple hash: xor, then multiply by a
     multiplier that changes per position, so column order matters.
     """
     rows = len(columns[0]) if columns else 0
