@@ -5,7 +5,7 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import HEART_DISEASE_SCHEMA_PATH, load_schema
+from schemas import HEART_DISEASE_SCHEMA_PATH, ICU_OUTCOME_SCHEMA_PATH, load_schema
 from schemas.encoding import FeatureEncoder
 from schemas.reading import CsvOptions
 from schemas.validation import validate_file
@@ -107,3 +107,48 @@ def test_validation_encoding_deterministic(tmp_path, rows):
         ENCODER.labels(first.accepted), ENCODER.labels(second.accepted)
     )
     assert not np.isnan(features).any()
+
+
+ICU = load_schema(ICU_OUTCOME_SCHEMA_PATH)
+ICU_HEADER = (
+    "patient_id,admitted_on,birth_date,sex,heart_rate,mean_arterial_pressure,"
+    "lactate,ventilated,outcome"
+)
+ICU_CELLS = [
+    st.sampled_from(["P000001", "P000002", "P000003", "X", ""]),
+    st.sampled_from(["2021-03-04", "2021-13-01", "1990-01-01", "NA"]),
+    st.sampled_from(["1950-02-01", "2019-01-01", "", "01/02/1950"]),
+    st.sampled_from(["F", "M", "X", "Q", "NULL"]),
+    st.sampled_from(["88", "NA", "350", "7.5", "abc"]),
+    st.sampled_from(["75.5", "0", "", "300"]),
+    st.sampled_from(["2.1", "", "-1", "nan"]),
+    st.sampled_from(["yes", "N", "0", "maybe", ""]),
+    st.sampled_from(["home", "transfer", "died", ""]),
+]
+
+
+@SETTINGS
+@given(
+    rows=st.lists(st.tuples(*ICU_CELLS).map(",".join), min_size=1, max_size=30),
+    chunk_rows=st.integers(1, 7),
+)
+def test_icu_every_row_once(tmp_path, rows, chunk_rows):
+    path = tmp_path / "icu.csv"
+    path.write_text(ICU_HEADER + "\n" + "\n".join(rows) + "\n")
+    quarantine = tmp_path / "q.csv"
+    quarantine.unlink(missing_ok=True)
+    result = validate_file(
+        path, ICU, quarantine, options=CsvOptions(chunk_rows=chunk_rows)
+    )
+    quarantined = (
+        pd.read_csv(quarantine, dtype=str, keep_default_na=False)
+        if quarantine.exists()
+        else pd.DataFrame({"line": [], "row": []})
+    )
+    lines = set(result.accepted.index.tolist()) | set(
+        quarantined["line"].astype(int).tolist()
+    )
+    assert lines == set(range(2, len(rows) + 2))
+    assert result.accepted_rows + result.quarantined_rows == len(rows)
+    patients = result.accepted["patient_id"]
+    assert not patients.duplicated().any()
