@@ -478,7 +478,7 @@ class LoopbackDeployment:
         log_file: IO[bytes]
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
-                list(command),
+                _with_parent_death_signal(command),
                 cwd=home,
                 env=environment,
                 stdin=subprocess.DEVNULL,
@@ -518,6 +518,31 @@ class LoopbackDeployment:
                 f"{stdout}{stderr}"
             )
         return stdout
+
+
+# Runs before the SuperLink or SuperNode: asks Linux (prctl PR_SET_PDEATHSIG = 1)
+# to SIGKILL the process when the thread that started it dies, then execs the
+# real command. A parent that already died before prctl makes it exit at once.
+_PARENT_DEATH_WRAPPER = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _with_parent_death_signal(command: Sequence[str]) -> list[str]:
+    """Wrap `command` so that it dies with this process, also on SIGKILL.
+
+    Without it, a test runner killed by a timeout leaves the SuperLink and
+    SuperNodes running, because `close()` never runs. Flower's own children
+    (flower-superexec and the app processes) watch their parent's pid and exit
+    after it. Linux only: elsewhere the command runs unwrapped.
+    """
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-c", _PARENT_DEATH_WRAPPER, str(os.getpid()), *command]
 
 
 def _executable(name: str) -> str:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,6 +189,51 @@ def test_close_leaves_no_process(
         started = _marked_processes(running.deployment_id)
     assert len(started) >= 2
     assert _marked_processes(running.deployment_id) == []
+
+
+KILLED_RUNNER_SCRIPT = """
+import sys, time
+from pathlib import Path
+from federation_hub.credentials import load_federation_credentials
+from federation_hub.deployment import LoopbackDeployment
+credentials = load_federation_credentials(Path(sys.argv[1]))
+configs = {"cleveland": Path(sys.argv[2])}
+with LoopbackDeployment(Path(sys.argv[3]), credentials, configs) as running:
+    print(running.deployment_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_killed_runner_leaves_no_process(
+    tmp_path: Path,
+    credentials: FederationCredentials,
+    agent_configs: dict[str, Path],
+) -> None:
+    # SIGKILL skips close(); the processes must still end with their parent.
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILLED_RUNNER_SCRIPT,
+            str(credentials.directory),
+            str(agent_configs["cleveland"]),
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert runner.stdout is not None
+        deployment_id = runner.stdout.readline().strip()
+        started = _marked_processes(deployment_id)
+    finally:
+        runner.kill()
+        runner.wait()
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    while _marked_processes(deployment_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(started) >= 2
+    assert _marked_processes(deployment_id) == []
 
 
 def test_start_failure_cleans_up(
