@@ -1,6 +1,6 @@
 """Offline audit of a study's privacy spending, from copies of the ledgers.
 
-An auditor holds the hub's ledger, the roster of enrolled public keys and,
+An auditor has the hub's ledger, the roster of enrolled public keys and,
 optionally, each hospital's own ledger and the study policy. :func:`run_audit`
 trusts none of the parties that wrote those ledgers. It verifies every
 signature with the roster's public keys and replays every epsilon with
@@ -72,7 +72,7 @@ class CheckResult:
     ledger: str
     """``"hub"``, or the hospital id whose own ledger the check concerns."""
     seq: int | None
-    """Sequence number of the entry in ``ledger``; None for a whole-ledger check."""
+    """Sequence number of the entry in ``ledger``, or None for a whole ledger."""
     detail: str
     hospital_id: str | None = None
     round: int | None = None
@@ -190,7 +190,7 @@ class Where:
 
 @dataclass
 class _Audit:
-    """Mutable state of one audit run; only :func:`run_audit` creates it."""
+    """Mutable state of one audit run, created by :func:`run_audit`."""
 
     study_id: str
     accountant: str
@@ -355,7 +355,7 @@ def _budget_from_inputs(
             return EpsilonBudget.model_validate(stored), "hub ledger study_started"
         except ValidationError as error:
             raise AuditInputError(
-                f"the study_started entry {started.seq} holds an invalid "
+                f"the study_started entry {started.seq} contains an invalid "
                 f"epsilon_budget ({error.error_count()} errors); pass --policy "
                 "with the study policy file"
             ) from None
@@ -564,8 +564,6 @@ def _check_spends(audit: _Audit, entries: Sequence[StoredEntry]) -> None:
         except PolicyError as error:
             audit.record("spend_epsilon_replay", False, str(error), where)
             continue
-        # The spend joins the history of later spends in the same round only
-        # through the hub's next replay, which starts at the next instruction.
         stored = payload.get("epsilon_after")
         matches = isinstance(stored, int | float) and _epsilon_equal(
             float(stored), expected
@@ -690,6 +688,7 @@ def _receipt_spend_problems(
             f"the hub ledger records no spend of {receipt.hospital_id} for round "
             f"{receipt.round} with the receipt's nonce"
         ]
+
     problems = []
     if _dp_of(spend.payload) != receipt.dp:
         problems.append(f"DP parameters differ from spend entry {spend.seq}")
@@ -698,12 +697,14 @@ def _receipt_spend_problems(
             f"accountant {receipt.accountant!r} and delta {receipt.delta!r} are not "
             f"the study's {audit.accountant!r} and {audit.delta!r}"
         )
+
     stored = spend.payload.get("epsilon_after")
     if not isinstance(stored, int | float):
         problems.append(f"spend entry {spend.seq} has no numeric epsilon_after")
         return problems
-    # The hub counts unanswered rounds as spent, so its epsilon is an upper
-    # bound; every round the hospital signed a receipt for is a lower bound.
+
+    # The hub's epsilon is an upper bound because it counts unanswered rounds
+    # as spent. The rounds the hospital signed receipts for give a lower bound.
     try:
         lowest = compute_epsilon(
             [*lower_history, receipt.dp], audit.delta, audit.accountant
@@ -711,6 +712,7 @@ def _receipt_spend_problems(
     except PolicyError as error:
         problems.append(str(error))
         return problems
+
     epsilon = receipt.epsilon_after
     upper_ok = epsilon <= float(stored) or _epsilon_equal(epsilon, float(stored))
     lower_ok = epsilon >= lowest or _epsilon_equal(epsilon, lowest)
@@ -1026,7 +1028,7 @@ def run_audit(
             ``state/ledger.sqlite``; default none.
         study_policy: the study policy (``study.yaml``). It gives each
             hospital's epsilon budget, which the hub ledger does not record.
-            Required unless the study_started entry holds ``epsilon_budget``.
+            Required unless the study_started entry contains ``epsilon_budget``.
         study_id: the study to audit; default the only study in the ledger.
 
     Returns:

@@ -150,6 +150,7 @@ def render_html(report: AuditReport) -> str:
     verdict = "PASS" if report.passed else "FAIL"
     colour = "#1a7f37" if report.passed else "#cf222e"
     title = html.escape(f"Privacy audit of study {report.study_id}")
+
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -164,6 +165,7 @@ def render_html(report: AuditReport) -> str:
         f"{report.rounds} rounds instructed; budgets from the "
         f"{html.escape(report.budget_source)}.</p>",
     ]
+
     if report.failures:
         parts.append("<h2>Failures</h2><ul>")
         for check in report.failures:
@@ -181,6 +183,7 @@ def render_html(report: AuditReport) -> str:
                 f"({html.escape(context)}): {html.escape(check.detail)}</li>"
             )
         parts.append("</ul>")
+
     parts.append('<p><img src="epsilon.png" alt="epsilon per round and budget"></p>')
     for hospital in report.hospitals:
         parts.append(
@@ -188,6 +191,7 @@ def render_html(report: AuditReport) -> str:
             f"{hospital.epsilon_spent:.6f} of budget {hospital.budget:g}</h2>"
         )
         parts.append(_html_table(HOSPITAL_COLUMNS, _hospital_rows(hospital)))
+
     parts.append("<h2>Checks</h2>")
     parts.append(
         _html_table(
@@ -217,12 +221,17 @@ def plot_epsilon(report: AuditReport, path: Path) -> None:
     try:
         rounds = list(range(1, report.rounds + 1))
         colours = pyplot.rcParams["axes.prop_cycle"].by_key()["color"]
+        markers = "os^Dvx+*"
+        count = len(report.hospitals)
         for index, hospital in enumerate(report.hospitals):
             colour = colours[index % len(colours)]
+            # Hospitals that spent alike overlap; shrinking markers keep each
+            # one visible under the next.
             axes.plot(
                 rounds,
                 hospital.epsilon_by_round,
-                marker="o",
+                marker=markers[index % len(markers)],
+                markersize=4 + 2 * (count - index),
                 color=colour,
                 label=hospital.hospital_id,
             )
@@ -314,10 +323,10 @@ def audit(
     """Verify a study's privacy spending offline, with public keys only.
 
     Checks the hub ledger's signatures, every hospital receipt, every epsilon
-    (replayed with the study's accountant and delta) and every budget; with
-    hospital ledgers, also checks that each spend the hub confirmed is in the
+    (replayed with the study's accountant and delta) and every budget. With
+    hospital ledgers, it also checks that each spend the hub confirmed is in the
     hospital's own ledger. Exit code 0 when every check passes, 1 when any
-    fails, 2 when an input is unusable.
+    fails, 2 when an input is missing or invalid.
     """
     console = Console()
     try:
@@ -331,7 +340,7 @@ def audit(
         )
         outputs = write_audit_outputs(report, out)
     except AuditInputError as error:
-        console.print(f"[red]audit input unusable:[/] {error}")
+        console.print(f"[red]cannot audit:[/] {error}")
         raise typer.Exit(EXIT_UNUSABLE_INPUT) from None
     except OSError as error:
         console.print(f"[red]cannot write the audit report to {out}:[/] {error}")

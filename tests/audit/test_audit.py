@@ -71,7 +71,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     shutil.copyfile(folder / "roster.yaml", collection / "roster.yaml")
     shutil.copyfile(folder / "study.yaml", collection / "study.yaml")
-    # The hub's private key only lets tests act as a dishonest hub; the audit
+    # The hub's private key only lets tests act as a dishonest hub. The audit
     # itself reads public keys from the roster.
     shutil.copy2(folder / "hub" / "identity.key", collection / "hub.key")
     return collection
@@ -345,7 +345,7 @@ def test_audit_forged_receipt_signature_fails(files: Path) -> None:
 
 
 def test_audit_hospital_ledger_missing_spend_fails(files: Path) -> None:
-    # Removing the last spend leaves a shorter chain that still verifies; only
+    # Removing the last spend leaves a shorter chain that still verifies. Only
     # the hub's copy of the signed receipt reveals it.
     hospital_ledger = files / "va.sqlite"
     last_seq = _rows(hospital_ledger)[-1][0]
@@ -366,7 +366,7 @@ def test_audit_hospital_ledger_missing_spend_fails(files: Path) -> None:
 
 def test_audit_hub_omits_hospital_spend_fails(files: Path) -> None:
     # A dishonest hub rewrites its ledger without va's round-2 spend and
-    # receipt, so it undercounts va. The hospital's own ledger holds the spend.
+    # receipt, so it undercounts va. The hospital's own ledger has the spend.
     def drop_va_round_2(kind: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         if (
             kind in ("spend", "receipt")

@@ -195,7 +195,7 @@ def test_replay_receipt_below_receipted_rounds_fails(tmp_path: Path) -> None:
     writer.complete(1, trained=["va"])
     nonce = writer.instruct(2)
     writer.hub_spend(2, nonce, _epsilon(2))
-    # A receipt that forgets round 1, which the same hospital signed for.
+    # A receipt whose epsilon leaves out round 1, which va signed a receipt for.
     writer.agent_round(2, nonce, _epsilon(1))
     writer.complete(2, trained=["va"])
 
@@ -210,8 +210,8 @@ def test_replay_receipt_below_receipted_rounds_fails(tmp_path: Path) -> None:
 
 
 def test_replay_crashed_round_counted(tmp_path: Path) -> None:
-    # The hub instructed round 2 and stopped before it recorded anything; it
-    # resumed with a new instruction of round 2, and counted the first as spent.
+    # The hub instructed round 2 and stopped before it recorded anything. It
+    # resumed with a new instruction of round 2 and counted the first as spent.
     writer = StudyWriter(tmp_path)
     nonce = writer.instruct(1)
     writer.hub_spend(1, nonce, _epsilon(1))
