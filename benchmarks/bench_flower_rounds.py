@@ -70,8 +70,13 @@ NODE_COUNTS = (5, 10, 20)
 DIMENSIONS = (10**4, 10**5, 10**6)
 
 
-def run_node_count(settings: BenchSettings) -> list[DimensionResult]:
-    """Run one simulation with ``settings.node_count`` nodes; return its results."""
+def run_node_count(settings: BenchSettings, client_cpus: int) -> list[DimensionResult]:
+    """Run one simulation with ``settings.node_count`` nodes; return its results.
+
+    Ray gets 2 CPUs and each ClientApp ``client_cpus`` of them, so with the
+    default of 2 (Flower's default) one Ray actor runs every node's handlers one
+    after another.
+    """
     results: list[DimensionResult] = []
     with tempfile.TemporaryDirectory(prefix="hf-bench-") as scratch:
         os.environ["RAY_TMPDIR"] = str(Path(scratch) / "ray")
@@ -81,7 +86,10 @@ def run_node_count(settings: BenchSettings) -> list[DimensionResult]:
             server_app=make_server_app(settings, results),
             client_app=client.app,
             num_supernodes=settings.node_count,
-            backend_config={"init_args": {"num_cpus": 2, "include_dashboard": False}},
+            backend_config={
+                "init_args": {"num_cpus": 2, "include_dashboard": False},
+                "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
+            },
         )
     expected = len(settings.dimensions)
     if len(results) != expected:
@@ -210,7 +218,18 @@ def main() -> None:
         "--warmup", type=int, default=1, help="untimed rounds first (default 1)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=900.0, help="reply wait per exchange, s"
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="longest wait for the replies of one exchange, in s (default 900)",
+    )
+    parser.add_argument(
+        "--client-cpus",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="CPUs per ClientApp out of Ray's 2: 2 runs one node at a time (default), "
+        "1 runs two at a time",
     )
     parser.add_argument("--json", type=Path, help="also write the raw timings here")
     args = parser.parse_args()
@@ -234,7 +253,7 @@ def main() -> None:
             warmup=args.warmup,
             timeout_s=args.timeout,
         )
-        results.extend(run_node_count(settings))
+        results.extend(run_node_count(settings, args.client_cpus))
         print("\n".join(table(results)), flush=True)
     elapsed = time.perf_counter() - started
 
@@ -242,6 +261,7 @@ def main() -> None:
     print(f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"Machine: {machine()}")
     print(f"Median of {rounds} timed rounds after {args.warmup} warm-up round(s).")
+    print(f"CPUs per ClientApp: {args.client_cpus} of 2.")
     print(f"Whole run: {elapsed / 60:.1f} min")
     print()
     print("\n".join(table(results)))

@@ -1,6 +1,6 @@
 """ClientApp of the round benchmark: synthetic updates, no model training.
 
-Every node answers three kinds of round, each with the same synthetic update,
+Every node handles three kinds of round, each with the same synthetic update,
 so that only the aggregation differs:
 
 - ``train.plain``: the update in the clear, as a float32 array;
@@ -129,7 +129,7 @@ def _update_for(
 def _secure_state(
     context: Context, parties: list[str] | None = None
 ) -> SecureAggregationState:
-    """Return this node's agent-side state; only the key setup reads ``parties``.
+    """Return this node's agent-side state. Only the key setup reads ``parties``.
 
     ``SecureAggregationState`` reads its roster in ``advertise`` alone. The
     other steps load the session that ``advertise`` saved, so they get an empty

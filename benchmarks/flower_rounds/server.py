@@ -147,7 +147,13 @@ def _exchange(grid: Grid, timeout_s: float) -> Callable[[list[Message]], list[Me
         if len(replies) != len(messages):
             raise RuntimeError(
                 f"{len(replies)} of {len(messages)} replies arrived within "
-                f"{timeout_s} s; raise --timeout"
+                f"{timeout_s} s. Raise --timeout"
+            )
+        failed = [reply for reply in replies if reply.has_error()]
+        if failed:
+            raise RuntimeError(
+                f"{len(failed)} of {len(replies)} nodes failed, the first from node "
+                f"{failed[0].metadata.src_node_id}: {failed[0].error}"
             )
         return replies
 
