@@ -29,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from policies.accounting import compute_epsilon
+from policies.accounting import compute_epsilon, merge_history
 from policies.ledger import SPEND, Ledger, LedgerError, LedgerIntegrityError
 from policies.models import (
     DPParameters,
@@ -113,6 +113,12 @@ class HospitalAudit:
         return self.epsilon_by_round[-1] if self.epsilon_by_round else 0.0
 
 
+def _json_number(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)
+
+
 @dataclass(frozen=True)
 class AuditReport:
     """Every check and the audited budget of each hospital in one study."""
@@ -139,7 +145,11 @@ class AuditReport:
         return [check for check in self.checks if not check.passed]
 
     def to_document(self) -> dict[str, Any]:
-        """Return the machine-readable report (the content of ``audit.json``)."""
+        """Return the machine-readable report (the content of ``audit.json``).
+
+        An infinite epsilon, which a tampered spend can produce, is written as
+        the string ``"inf"`` because JSON has no number for it.
+        """
         return {
             "verdict": "pass" if self.passed else "fail",
             "study_id": self.study_id,
@@ -152,12 +162,16 @@ class AuditReport:
                 {
                     "hospital_id": h.hospital_id,
                     "budget": h.budget,
-                    "epsilon_spent": h.epsilon_spent,
+                    "epsilon_spent": _json_number(h.epsilon_spent),
                     "within_budget": h.epsilon_spent <= h.budget,
                     "rounds_joined": h.rounds_joined,
-                    "epsilon_by_round": h.epsilon_by_round,
-                    "receipt_epsilon_by_round": h.receipt_epsilon_by_round,
-                    "hospital_epsilon_by_round": h.hospital_epsilon_by_round,
+                    "epsilon_by_round": [_json_number(e) for e in h.epsilon_by_round],
+                    "receipt_epsilon_by_round": [
+                        _json_number(e) for e in h.receipt_epsilon_by_round
+                    ],
+                    "hospital_epsilon_by_round": None
+                    if h.hospital_epsilon_by_round is None
+                    else [_json_number(e) for e in h.hospital_epsilon_by_round],
                 }
                 for h in self.hospitals
             ],
@@ -198,6 +212,30 @@ class _Audit:
     dp: DPParameters | None
     roster: Roster
     checks: list[CheckResult] = field(default_factory=list)
+    _epsilon_cache: dict[tuple[Any, ...], float] = field(default_factory=dict)
+
+    def epsilon(
+        self,
+        history: Sequence[DPParameters],
+        delta: float | None = None,
+        accountant: str | None = None,
+    ) -> float:
+        """Compute epsilon of a history, by default at the study's delta.
+
+        Hospitals with the same history share one accountant run, because each
+        run takes tens of milliseconds.
+
+        Raises:
+            PolicyError: ``delta`` or ``accountant`` is invalid, or the
+                accountant failed.
+
+        """
+        delta = self.delta if delta is None else delta
+        accountant = self.accountant if accountant is None else accountant
+        key = (tuple(merge_history(history)), delta, accountant)
+        if key not in self._epsilon_cache:
+            self._epsilon_cache[key] = compute_epsilon(history, delta, accountant)
+        return self._epsilon_cache[key]
 
     def record(self, check: str, passed: bool, detail: str, where: Where) -> None:
         """Append the outcome of one check; log it when it failed."""
@@ -316,39 +354,101 @@ def _study_ids(entries: Sequence[StoredEntry]) -> list[str]:
     )
 
 
+@dataclass(frozen=True)
+class _Study:
+    """The audited study's parameters and the entry that recorded them."""
+
+    study_id: str
+    accountant: str
+    delta: float
+    dp: DPParameters | None
+    started: StoredEntry | None
+    """The study_started entry; None when the ledger has none for the study."""
+
+
+def _valid_start(entry: StoredEntry) -> bool:
+    accountant = entry.payload.get("accountant")
+    delta = entry.payload.get("delta")
+    return (
+        accountant in ("rdp", "prv")
+        and isinstance(delta, float)
+        and 0 < delta < 1
+        and _dp_of(entry.payload.get("dp")) is not None
+    )
+
+
 def _select_study(
-    entries: Sequence[StoredEntry], study_id: str | None, path: Path
-) -> StoredEntry:
-    """Return the study_started entry of the audited study."""
+    entries: Sequence[StoredEntry],
+    study_id: str | None,
+    policy: StudyPolicy | None,
+    path: Path,
+) -> _Study:
+    """Return the audited study's id, accountant, delta and DP parameters.
+
+    They come from the hub ledger's study_started entry. When that entry is
+    missing or invalid, they come from the policy file, and the check
+    ``study_started_valid`` fails. Without a policy file that is an input error.
+    """
     studies = _study_ids(entries)
+    if policy is not None:
+        if study_id is not None and study_id != policy.study_id:
+            raise AuditInputError(
+                f"--study {study_id!r} differs from the study_id "
+                f"{policy.study_id!r} of the policy file; pass the policy of the "
+                "audited study or leave out --study"
+            )
+        study_id = policy.study_id
     if study_id is None:
         if len(studies) != 1:
             raise AuditInputError(
                 f"hub ledger {path} records {len(studies)} studies "
-                f"({', '.join(studies) or 'none'}); pass --study with one of them"
+                f"({', '.join(studies)}); pass --study with one of them"
                 if studies
                 else f"hub ledger {path} records no study_started entry; pass the "
-                "hub's state/ledger.sqlite of a study that has started"
+                "hub's state/ledger.sqlite of a study that has started, or --policy"
             )
         study_id = studies[0]
-    started = [
-        e
-        for e in entries
-        if e.kind == "study_started" and e.payload.get("study_id") == study_id
-    ]
-    if not started:
+    started = next(
+        (
+            e
+            for e in entries
+            if e.kind == "study_started" and e.payload.get("study_id") == study_id
+        ),
+        None,
+    )
+    if started is not None and _valid_start(started):
+        return _Study(
+            study_id=study_id,
+            accountant=str(started.payload["accountant"]),
+            delta=float(started.payload["delta"]),
+            dp=_dp_of(started.payload.get("dp")),
+            started=started,
+        )
+    if policy is None:
         raise AuditInputError(
             f"hub ledger {path} records no study {study_id!r}; its studies are "
             f"{studies}"
+            if started is None
+            else f"the study_started entry {started.seq} of {path} has no valid "
+            "accountant, delta and DP parameters; pass --policy with the study "
+            "policy file to audit the ledger against it"
         )
-    return started[0]
+    return _Study(
+        study_id=study_id,
+        accountant=policy.accountant,
+        delta=policy.delta,
+        dp=policy.dp_parameters(),
+        started=started,
+    )
 
 
 def _budget_from_inputs(
-    started: StoredEntry, policy: StudyPolicy | None
+    started: StoredEntry | None, policy: StudyPolicy | None
 ) -> tuple[EpsilonBudget, str]:
     if policy is not None:
         return policy.epsilon_budget, "study policy file"
+    # Without a policy, _select_study returns only a valid study_started entry.
+    assert started is not None
     stored = started.payload.get("epsilon_budget")
     if stored is not None:
         try:
@@ -365,7 +465,29 @@ def _budget_from_inputs(
     )
 
 
-def _dp_of(payload: Mapping[str, Any]) -> DPParameters | None:
+# A ledger that fails verification is still read, so every field of a stored
+# payload may have any JSON type. These helpers return a neutral value for a
+# field of the wrong type; the checks then fail on it instead of raising.
+
+
+def _int_field(payload: Mapping[str, Any], key: str) -> int:
+    value = payload.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _names_field(payload: Mapping[str, Any], key: str) -> list[str]:
+    value = payload.get(key)
+    return [str(item) for item in value] if isinstance(value, list | dict) else []
+
+
+def _mapping_field(payload: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = payload.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _dp_of(payload: Any) -> DPParameters | None:
+    if not isinstance(payload, Mapping):
+        return None
     try:
         return DPParameters.model_validate({k: payload.get(k) for k in DP_FIELDS})
     except ValidationError:
@@ -417,8 +539,27 @@ def _verify_chain(
 
 
 def _check_study_start(
-    audit: _Audit, started: StoredEntry, policy: StudyPolicy | None
+    audit: _Audit, started: StoredEntry | None, policy: StudyPolicy | None
 ) -> None:
+    if started is None:
+        audit.record(
+            "study_started_valid",
+            False,
+            f"the hub ledger has no study_started entry for study {audit.study_id}, "
+            "so the study's parameters come from the policy file",
+            Where(),
+        )
+        return
+    valid = _valid_start(started)
+    audit.record(
+        "study_started_valid",
+        valid,
+        "the entry records the study's accountant, delta and DP parameters"
+        if valid
+        else "the entry has no valid accountant, delta and DP parameters, so the "
+        "study's parameters come from the policy file",
+        Where(seq=started.seq),
+    )
     recorded = started.payload.get("roster_fingerprint")
     audit.record(
         "roster_matches_study",
@@ -429,7 +570,7 @@ def _check_study_start(
     )
     if policy is None:
         return
-    dp = _dp_of(started.payload.get("dp") or {})
+    dp = _dp_of(started.payload.get("dp"))
     expected = {
         "study_id": policy.study_id,
         "accountant": policy.accountant,
@@ -478,20 +619,20 @@ def _hub_histories(
             dp = _dp_of(payload)
             if dp is not None:
                 histories.setdefault(str(payload.get("hospital_id")), []).append(dp)
-            settled.add((int(payload.get("round", 0)), str(payload.get("hospital_id"))))
+            settled.add((_int_field(payload, "round"), str(payload.get("hospital_id"))))
         elif entry.kind == "rejection":
-            settled.add((int(payload.get("round", 0)), str(payload.get("hospital_id"))))
+            settled.add((_int_field(payload, "round"), str(payload.get("hospital_id"))))
         elif entry.kind == "round_instructed":
-            instructed[int(payload.get("round", 0))] = payload
+            instructed[_int_field(payload, "round")] = payload
         elif entry.kind == "round_completed":
-            completed.add(int(payload.get("round", 0)))
+            completed.add(_int_field(payload, "round"))
     for round_number, payload in instructed.items():
         if round_number in completed:
             continue
-        dp = _dp_of(payload.get("dp") or {})
+        dp = _dp_of(payload.get("dp"))
         if dp is None:
             continue
-        for hospital_id in payload.get("hospitals", []):
+        for hospital_id in _names_field(payload, "hospitals"):
             if (round_number, hospital_id) not in settled:
                 histories.setdefault(str(hospital_id), []).append(dp)
     return histories
@@ -542,7 +683,9 @@ def _check_spends(audit: _Audit, entries: Sequence[StoredEntry]) -> None:
             problems.append(
                 f"no round_instructed entry for round {round_number} precedes it"
             )
-        elif (instruction.get("nonces") or {}).get(hospital_id) != payload.get("nonce"):
+        elif _mapping_field(instruction, "nonces").get(hospital_id) != payload.get(
+            "nonce"
+        ):
             problems.append(
                 f"its nonce is not the nonce the hub instructed {hospital_id} with "
                 f"in entry {entries[instruction_index or 0].seq}"
@@ -558,9 +701,7 @@ def _check_spends(audit: _Audit, entries: Sequence[StoredEntry]) -> None:
         if dp is None:
             continue
         try:
-            expected = compute_epsilon(
-                [*histories.get(hospital_id, []), dp], audit.delta, audit.accountant
-            )
+            expected = audit.epsilon([*histories.get(hospital_id, []), dp])
         except PolicyError as error:
             audit.record("spend_epsilon_replay", False, str(error), where)
             continue
@@ -582,7 +723,7 @@ def _hub_spends(
     """Return the study's spends keyed by (round, nonce, hospital)."""
     return {
         (
-            int(e.payload.get("round", 0)),
+            _int_field(e.payload, "round"),
             str(e.payload.get("nonce")),
             str(e.payload.get("hospital_id")),
         ): e
@@ -706,9 +847,7 @@ def _receipt_spend_problems(
     # The hub's epsilon is an upper bound because it counts unanswered rounds
     # as spent. The rounds the hospital signed receipts for give a lower bound.
     try:
-        lowest = compute_epsilon(
-            [*lower_history, receipt.dp], audit.delta, audit.accountant
-        )
+        lowest = audit.epsilon([*lower_history, receipt.dp])
     except PolicyError as error:
         problems.append(str(error))
         return problems
@@ -737,8 +876,8 @@ def _check_completed_rounds(
             or entry.payload.get("study_id") != audit.study_id
         ):
             continue
-        round_number = int(entry.payload.get("round", 0))
-        trained = [str(h) for h in entry.payload.get("trained", [])]
+        round_number = _int_field(entry.payload, "round")
+        trained = _names_field(entry.payload, "trained")
         missing = [h for h in trained if (round_number, h) not in receipts]
         audit.record(
             "round_trained_have_receipts",
@@ -767,7 +906,7 @@ def _audited_epsilon_by_round(
         payload = entry.payload
         if payload.get("study_id") != audit.study_id:
             continue
-        round_number = int(payload.get("round", 0))
+        round_number = _int_field(payload, "round")
         if entry.kind == SPEND and payload.get("hospital_id") == hospital_id:
             dp = _dp_of(payload)
             if dp is not None:
@@ -780,22 +919,28 @@ def _audited_epsilon_by_round(
         if (
             entry.kind != "round_instructed"
             or payload.get("study_id") != audit.study_id
-            or hospital_id not in payload.get("hospitals", [])
+            or hospital_id not in _names_field(payload, "hospitals")
         ):
             continue
-        round_number = int(payload.get("round", 0))
-        nonce = str((payload.get("nonces") or {}).get(hospital_id))
+        round_number = _int_field(payload, "round")
+        nonce = str(_mapping_field(payload, "nonces").get(hospital_id))
         if (round_number, nonce) in settled or (round_number, "*") in settled:
             continue
-        dp = _dp_of(payload.get("dp") or {})
+        dp = _dp_of(payload.get("dp"))
         if dp is not None:
             spent.append((round_number, dp, entry.seq))
     by_round = []
     for round_number in range(1, rounds + 1):
         history = [dp for r, dp, _ in spent if r <= round_number]
-        by_round.append(
-            compute_epsilon(history, audit.delta, audit.accountant) if history else 0.0
-        )
+        try:
+            epsilon = audit.epsilon(history)
+        except PolicyError as error:
+            # Counted as over any budget, so within_budget fails on this round.
+            logger.warning(
+                "epsilon of %s after round %d: %s", hospital_id, round_number, error
+            )
+            epsilon = math.inf
+        by_round.append(epsilon)
     joined = sorted({(r, seq) for r, _, seq in spent})
     return by_round, joined
 
@@ -853,7 +998,7 @@ def _check_hospital_ledger(
     entries = read_stored_entries(path)
     hashes = {e.entry_hash: e.seq for e in entries}
     own_spends = {
-        (int(e.payload.get("round", 0)), str(e.payload.get("nonce"))): e
+        (_int_field(e.payload, "round"), str(e.payload.get("nonce"))): e
         for e in entries
         if e.kind == SPEND and e.payload.get("study_id") == audit.study_id
     }
@@ -964,7 +1109,7 @@ def _replay_own_spend(
         )
         return None
     try:
-        expected = compute_epsilon(list(history), float(delta), accountant)
+        expected = audit.epsilon(history, float(delta), accountant)
     except PolicyError as error:
         audit.record("hospital_spend_epsilon_replay", False, str(error), where)
         return None
@@ -1042,36 +1187,26 @@ def run_audit(
     roster_document, policy, entries = _load_inputs(
         hub_ledger, roster, hospital_ledgers, study_policy
     )
-    if study_id is None and policy is not None:
-        study_id = policy.study_id
-    started = _select_study(entries, study_id, hub_ledger)
-    budget, budget_source = _budget_from_inputs(started, policy)
-    accountant = started.payload.get("accountant")
-    delta = started.payload.get("delta")
-    if accountant not in ("rdp", "prv") or not isinstance(delta, float):
-        raise AuditInputError(
-            f"the study_started entry {started.seq} of {hub_ledger} has accountant "
-            f"{accountant!r} and delta {delta!r}; the ledger is not one healthfed "
-            "wrote, ask the hub operator for the original file"
-        )
+    study = _select_study(entries, study_id, policy, hub_ledger)
+    budget, budget_source = _budget_from_inputs(study.started, policy)
     audit = _Audit(
-        study_id=str(started.payload["study_id"]),
-        accountant=str(accountant),
-        delta=float(delta),
-        dp=_dp_of(started.payload.get("dp") or {}),
+        study_id=study.study_id,
+        accountant=study.accountant,
+        delta=study.delta,
+        dp=study.dp,
         roster=roster_document,
     )
     logger.info("auditing study %s from %s", audit.study_id, hub_ledger)
 
     _verify_chain(audit, hub_ledger, roster_document.hub, HUB, "hub_ledger_signatures")
-    _check_study_start(audit, started, policy)
+    _check_study_start(audit, study.started, policy)
     _check_spends(audit, entries)
     receipts = _check_receipts(audit, entries)
     _check_completed_rounds(audit, entries, receipts)
 
     rounds = max(
         (
-            int(e.payload.get("round", 0))
+            _int_field(e.payload, "round")
             for e in entries
             if e.kind == "round_instructed"
             and e.payload.get("study_id") == audit.study_id
@@ -1128,8 +1263,8 @@ def _study_hospitals(
             continue
         names: list[str] = []
         if entry.kind == "round_instructed":
-            names = [str(h) for h in entry.payload.get("hospitals", [])]
-            names += [str(h) for h in entry.payload.get("skipped", {})]
+            names = _names_field(entry.payload, "hospitals")
+            names += _names_field(entry.payload, "skipped")
         elif entry.kind in (SPEND, "receipt", "rejection"):
             names = [str(entry.payload.get("hospital_id"))]
         seen += [name for name in names if name not in seen]

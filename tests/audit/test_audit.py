@@ -214,6 +214,7 @@ def test_audit_clean_study_passes(files: Path) -> None:
     checks = {c.check for c in report.checks}
     for expected in (
         "hub_ledger_signatures",
+        "study_started_valid",
         "roster_matches_study",
         "policy_matches_study",
         "spend_matches_instruction",
@@ -464,6 +465,11 @@ def test_audit_unenrolled_hospital_rejected(files: Path) -> None:
 
 def test_audit_unknown_study_rejected(files: Path) -> None:
     with pytest.raises(AuditInputError, match="no study 'other-study'"):
+        _audit(files, study_id="other-study", study_policy=None)
+
+
+def test_audit_study_not_policy_rejected(files: Path) -> None:
+    with pytest.raises(AuditInputError, match="--study 'other-study' differs"):
         _audit(files, study_id="other-study")
 
 

@@ -7,6 +7,9 @@ agent write them, with keys generated here.
 
 from __future__ import annotations
 
+import json
+import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +256,67 @@ def test_replay_any_wrong_spend_epsilon_fails(
 
     replayed = [c for c in report.failures if c.check == "spend_epsilon_replay"]
     assert [c.round for c in replayed] == [1]
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**40), max_value=2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@pytest.fixture(scope="module")
+def dropped_round_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files of the dropped-round study, written once for the module."""
+    folder = tmp_path_factory.mktemp("template")
+    writer = StudyWriter(folder)
+    _write_dropped_round_study(writer)
+    writer.hub.close()
+    writer.va.close()
+    return folder
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_replay_any_edited_field_fails(
+    dropped_round_study: Path, tmp_path_factory: pytest.TempPathFactory, data: Any
+) -> None:
+    # Any value in any field of any stored hub entry: the audit fails, names
+    # the entry and never raises, although it reads the edited body.
+    folder = Path(
+        shutil.copytree(dropped_round_study, tmp_path_factory.mktemp("edit") / "s")
+    )
+    with sqlite3.connect(folder / "hub.sqlite") as connection:
+        rows = connection.execute("SELECT seq, body FROM entries").fetchall()
+        seq, body = data.draw(st.sampled_from(rows))
+        fields = json.loads(body)
+        key = data.draw(st.sampled_from(sorted(fields["payload"])))
+        value = data.draw(JSON_VALUES.filter(lambda v: v != fields["payload"][key]))
+        fields["payload"][key] = value
+        connection.execute(
+            "UPDATE entries SET body = ? WHERE seq = ?", (json.dumps(fields), seq)
+        )
+    connection.close()
+
+    report = run_audit(
+        folder / "hub.sqlite",
+        folder / "roster.yaml",
+        hospital_ledgers={"va": folder / "va.sqlite"},
+        study_policy=folder / "study.yaml",
+    )
+
+    chain = [c for c in report.failures if c.check == "hub_ledger_signatures"]
+    assert [c.seq for c in chain] == [seq]
+    assert not report.passed
+    json.dumps(report.to_document(), allow_nan=False)
