@@ -358,7 +358,7 @@ def _run(
     duplicates = DuplicateTracker(schema, lambda: _chunks(source, schema, options))
     writer = _QuarantineWriter(Path(quarantine_path) if quarantine_path else None)
     line_reader = LineReader(source.text_path) if source.kind == "csv" else None
-    accepted_parts: list[pd.DataFrame] = []
+    accepted_parts: list[_AcceptedPart] = []
     try:
         for chunk in _chunks(source, schema, options):
             accepted = _validate_chunk(
@@ -371,7 +371,7 @@ def _run(
                 line_reader,
                 keep_accepted,
             )
-            if accepted is not None and not accepted.empty:
+            if accepted is not None and len(accepted.lines) > 0:
                 accepted_parts.append(accepted)
         if report.total_rows == 0:
             raise EmptyCohortError(
@@ -402,14 +402,44 @@ def _run(
     )
 
 
-def _concat_accepted(parts: list[pd.DataFrame], schema: Schema) -> pd.DataFrame:
+@dataclass
+class _AcceptedPart:
+    """Typed values of one chunk's accepted rows, per column, and their lines."""
+
+    columns: dict[str, np.ndarray]
+    lines: np.ndarray
+
+
+def _concat_accepted(parts: list[_AcceptedPart], schema: Schema) -> pd.DataFrame:
+    """Join the chunks' accepted rows into one frame indexed by line number.
+
+    Each column is copied once, and ``copy=False`` keeps pandas from copying the
+    columns again to consolidate them into one block per dtype. Column dtypes are
+    those that ``pd.concat`` gives for per-chunk frames.
+    """
     if not parts:
         empty = pd.DataFrame(columns=list(schema.column_names))
         empty.index.name = "line"
         return empty
-    frame = pd.concat(parts) if len(parts) > 1 else parts[0]
-    frame.index.name = "line"
-    return frame
+    lines = pd.Index(np.concatenate([part.lines for part in parts]), name="line")
+    columns = {
+        name: _concat_column([part.columns[name] for part in parts], lines)
+        for name in schema.column_names
+    }
+    return pd.DataFrame(columns, copy=False)
+
+
+def _concat_column(arrays: list[np.ndarray], lines: pd.Index) -> pd.Series:
+    dtype = arrays[0].dtype
+    if dtype.kind != "O" and all(array.dtype == dtype for array in arrays):
+        values = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+        return pd.Series(values, index=lines, copy=False)
+    # Text and mixed columns: pandas infers each chunk's dtype (str, or object
+    # when a chunk has no text) and then finds their common dtype.
+    series = [pd.Series(array, copy=False) for array in arrays]
+    joined = pd.concat(series, ignore_index=True) if len(series) > 1 else series[0]
+    joined.index = lines
+    return joined
 
 
 def _check_line_count(source: TableSource, rows: int, reader: LineReader) -> None:
@@ -433,7 +463,7 @@ def _validate_chunk(
     writer: _QuarantineWriter,
     line_reader: LineReader | None,
     keep_accepted: bool,
-) -> pd.DataFrame | None:
+) -> _AcceptedPart | None:
     """Check one chunk, update ``report``, quarantine its bad rows.
 
     Returns the accepted rows with typed values, or None unless ``keep_accepted``.
@@ -480,14 +510,13 @@ def _validate_chunk(
     if not keep_accepted:
         return None
     accepted_mask = ~quarantined
-    accepted = pd.DataFrame(
-        {
+    return _AcceptedPart(
+        columns={
             name: check.values.to_numpy()[accepted_mask]
             for name, check in checks.items()
         },
-        index=pd.Index(chunk.lines[accepted_mask], name="line"),
+        lines=chunk.lines[accepted_mask],
     )
-    return accepted
 
 
 def _wrong_type_reason(column: Column) -> str:
