@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 
 from federation_hub.config import load_hub_config
+from federation_hub.secure_rounds import secure_aggregation_config
 from federation_hub.study import StudyRunner
 from policies import wire
 from policies.enforcement import RoundInstruction
 from policies.models import TrainingConfig
 from secure_aggregation.config import SecureAggregationConfig
+from secure_aggregation.hub import HubSession
 from silo_agent import client_app
 from silo_agent.agent import SecureRound, SiloAgent
 from silo_agent.config import load_agent_config
@@ -84,11 +86,16 @@ def reply_with(message: Message, records: dict[str, Any]) -> Message:
     return Message(RecordDict(records), reply_to=message)
 
 
+def _set_message_id(message: Message, message_id: str) -> None:
+    # Metadata.message_id has no setter: the SuperLink fills the same slot.
+    message.metadata.__dict__["_message_id"] = message_id
+
+
 class LoopbackGrid:
     """An in-process ``Grid`` that hands each message to its node's handler.
 
     Replies are computed when a message is pushed. A handler that raises turns
-    into a missing reply, as a node that crashed would.
+    into an error reply, as Flower's ClientApp runner sends one.
     """
 
     def __init__(self, handlers: dict[int, Handler]) -> None:
@@ -105,13 +112,16 @@ class LoopbackGrid:
         ids = []
         for message in messages:
             message_id = f"m{next(self._ids)}"
-            message.metadata.message_id = message_id
+            _set_message_id(message, message_id)
             ids.append(message_id)
             handler = self.handlers.get(message.metadata.dst_node_id)
             if handler is None:
                 continue
-            reply = handler(message)
-            reply.metadata.message_id = f"r{message_id}"
+            try:
+                reply = handler(message)
+            except Exception as error:  # noqa: BLE001 - a node turns any error into a reply
+                reply = Message(Error(code=0, reason=repr(error)), reply_to=message)
+            _set_message_id(reply, f"r{message_id}")
             self._replies[message_id] = reply
         return ids
 
@@ -150,9 +160,6 @@ class SecureFederation:
         self.training: TrainingConfig = self.runner.policy.training
         self.study_id = self.runner.policy.study_id
         model_size = next(iter(self.agents.values())).model_size(self.training)
-        from federation_hub.secure_rounds import secure_aggregation_config
-        from secure_aggregation.hub import HubSession
-
         self.config: SecureAggregationConfig = secure_aggregation_config(
             list(HOSPITALS), model_size, self.training
         )
@@ -193,8 +200,3 @@ class SecureFederation:
         confirmations while the hospital has not received them yet."""
         confirmations = self.pending_confirmations.pop(hospital_id, None)
         return SecureRound(participants=list(participants), confirmations=confirmations)
-
-
-def config_record(values: dict[str, Any]) -> ConfigRecord:
-    """Return a ConfigRecord of ``values``."""
-    return ConfigRecord(values)

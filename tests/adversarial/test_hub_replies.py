@@ -1,0 +1,230 @@
+"""A malicious or broken hospital against the real hub's reply handling.
+
+Each test runs a one-round study of the demo federation: three honest agents
+behind the real ClientApp, and va, whose replies are built or altered by the
+test because the real agent never sends them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from attack_harness import (
+    Handler,
+    client_handler,
+    edit_yaml,
+    honest_handlers,
+    hub_runner,
+    node_id_of,
+    reply_with,
+)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from federation_hub.study import StudyResult
+from policies import wire
+
+Tamper = Callable[[Message, Message], Message]
+
+
+def _one_round_study(document: dict[str, Any]) -> None:
+    document["rounds"] = 1
+    document["dp"].pop("target_epsilon", None)
+    document["dp"]["noise_multiplier"] = 2.0
+
+
+def _plain_study(document: dict[str, Any]) -> None:
+    _one_round_study(document)
+    document["secure_aggregation"] = False
+
+
+def _allow_plain(document: dict[str, Any]) -> None:
+    document["require_secure_aggregation"] = False
+
+
+def _tampered_va(federation: Path, message_type: str, tamper: Tamper) -> Handler:
+    """Return va's real handler, with its replies of one type passed to ``tamper``."""
+    real = client_handler(federation, "va")
+
+    def handle(message: Message) -> Message:
+        reply = real(message)
+        if message.metadata.message_type != message_type:
+            return reply
+        return tamper(message, reply)
+
+    return handle
+
+
+def _run(
+    federation: Path, message_type: str, tamper: Tamper, *, secure: bool = True
+) -> StudyResult:
+    edit_yaml(federation / "study.yaml", _one_round_study if secure else _plain_study)
+    if not secure:
+        for hospital in ("cleveland", "hungarian", "switzerland", "va"):
+            edit_yaml(federation / "hospitals" / hospital / "policy.yaml", _allow_plain)
+    handlers = honest_handlers(federation)
+    handlers[node_id_of("va")] = _tampered_va(federation, message_type, tamper)
+    return hub_runner(federation, handlers).run()
+
+
+def _finite_model(federation: Path) -> bool:
+    models = sorted((federation / "hub" / "state" / "models").glob("round-*.npz"))
+    if not models:
+        models = sorted(federation.rglob("models/round-*.npz"))
+    with np.load(models[-1], allow_pickle=False) as stored:
+        return all(bool(np.all(np.isfinite(stored[name]))) for name in stored.files)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="run_round reads result['reason'] of a rejection without a default, so "
+    "a rejection without a reason raises KeyError out of the hub",
+)
+def test_rejection_without_reason_recorded(federation: Path) -> None:
+    def no_reason(message: Message, reply: Message) -> Message:
+        return reply_with(message, {wire.RESULT: ConfigRecord({"status": "rejected"})})
+
+    result = _run(federation, wire.TRAIN, no_reason)
+
+    assert "va" in result.rounds[0].rejected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SecureAggregator._replies indexes the result record without a check, "
+    "so a key advertisement reply without one raises KeyError out of run()",
+)
+def test_advertise_without_result_excluded(federation: Path) -> None:
+    def empty(message: Message, reply: Message) -> Message:
+        return reply_with(message, {})
+
+    result = _run(federation, wire.SECAGG_ADVERTISE, empty)
+
+    assert len(result.rounds) == 1
+    assert "va" not in result.rounds[0].trained
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a key advertisement of the wrong type raises MessageFieldError in the "
+    "key setup, which stops the whole study instead of excluding one hospital",
+)
+def test_mistyped_advertisement_excluded(federation: Path) -> None:
+    def text(message: Message, reply: Message) -> Message:
+        result = {"status": "ok", "advertisement": "not bytes"}
+        return reply_with(message, {wire.RESULT: ConfigRecord(result)})
+
+    result = _run(federation, wire.SECAGG_ADVERTISE, text)
+
+    assert len(result.rounds) == 1
+    assert sorted(result.rounds[0].trained) == [
+        "cleveland",
+        "hungarian",
+        "switzerland",
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an unmask reply whose response is not bytes raises MessageFieldError, "
+    "which _apply_secure does not catch, so the hub stops mid-round",
+)
+def test_mistyped_unmask_response_survived(federation: Path) -> None:
+    def text(message: Message, reply: Message) -> Message:
+        result = {"status": "ok", "response": "not bytes"}
+        return reply_with(message, {wire.RESULT: ConfigRecord(result)})
+
+    result = _run(federation, wire.SECAGG_UNMASK, text)
+
+    assert len(result.rounds) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the hub does not bound the unmasked total weight: va adds 2**63 to "
+    "its masked weight coordinate, the total decodes negative and apply_sum "
+    "raises ValueError out of the hub",
+)
+def test_negative_total_weight_aborts_round(federation: Path) -> None:
+    def flip_weight(message: Message, reply: Message) -> Message:
+        vector = reply.content.array_records[wire.MASKED_VECTOR]["vector"].numpy()
+        vector = vector.copy()
+        vector[-1] += np.uint64(1 << 63)
+        reply.content[wire.MASKED_VECTOR] = ArrayRecord({"vector": Array(vector)})
+        return reply
+
+    result = _run(federation, wire.TRAIN, flip_weight)
+
+    assert result.rounds[0].aborted != ""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="evaluation metrics are checked for type only: an infinite accuracy "
+    "reaches the ledger, whose JSON rejects it, and the hub raises ValueError",
+)
+def test_infinite_metric_not_recorded(federation: Path) -> None:
+    def infinite(message: Message, reply: Message) -> Message:
+        metrics = dict(reply.content.metric_records[wire.METRICS])
+        metrics["accuracy"] = math.inf
+        return reply_with(message, {wire.METRICS: MetricRecord(metrics)})
+
+    result = _run(federation, wire.EVALUATE, infinite)
+
+    assert "va" not in result.rounds[0].metrics
+
+
+def test_nan_metric_not_averaged(federation: Path) -> None:
+    def not_a_number(message: Message, reply: Message) -> Message:
+        metrics = dict(reply.content.metric_records[wire.METRICS])
+        metrics["roc_auc"] = math.nan
+        return reply_with(message, {wire.METRICS: MetricRecord(metrics)})
+
+    result = _run(federation, wire.EVALUATE, not_a_number)
+
+    assert math.isfinite(result.rounds[0].mean_roc_auc)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="in plain mode the hub takes num_examples as sent: a NaN weight passes "
+    "FedAvg.apply's check and apply_sum raises ValueError out of the hub",
+)
+def test_nan_weight_flagged(federation: Path) -> None:
+    def nan_weight(message: Message, reply: Message) -> Message:
+        result = dict(reply.content.config_records[wire.RESULT])
+        result["num_examples"] = math.nan
+        reply.content[wire.RESULT] = ConfigRecord(result)
+        return reply
+
+    result = _run(federation, wire.TRAIN, nan_weight, secure=False)
+
+    assert "va" in result.rounds[0].flagged
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="in plain mode the hub does not check that a delta is finite and "
+    "within update_clip_norm, so one infinite value makes the global model NaN",
+)
+def test_infinite_delta_flagged(federation: Path) -> None:
+    def infinite(message: Message, reply: Message) -> Message:
+        update = {
+            name: array.numpy().copy()
+            for name, array in reply.content.array_records[wire.UPDATE].items()
+        }
+        first = next(iter(update))
+        update[first].flat[0] = np.inf
+        reply.content[wire.UPDATE] = ArrayRecord(
+            {name: Array(value) for name, value in update.items()}
+        )
+        return reply
+
+    result = _run(federation, wire.TRAIN, infinite, secure=False)
+
+    assert "va" in result.rounds[0].flagged
+    assert _finite_model(federation)
