@@ -520,9 +520,10 @@ class LoopbackDeployment:
         return stdout
 
 
-# Runs before the SuperLink or SuperNode: asks Linux (prctl PR_SET_PDEATHSIG = 1)
-# to SIGKILL the process when the thread that started it dies, then execs the
-# real command. A parent that already died before prctl makes it exit at once.
+# Runs before the SuperLink or SuperNode. It sets the Linux parent-death signal
+# (prctl PR_SET_PDEATHSIG = 1) to SIGKILL, which the kernel sends when the thread
+# that started the process dies, then execs the real command. If that parent is
+# already gone, the wrapper exits at once.
 _PARENT_DEATH_WRAPPER = """
 import ctypes, os, signal, sys
 ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
@@ -533,7 +534,7 @@ os.execv(sys.argv[2], sys.argv[2:])
 
 
 def _with_parent_death_signal(command: Sequence[str]) -> list[str]:
-    """Wrap `command` so that it dies with this process, also on SIGKILL.
+    """Wrap `command` so that it dies with the calling thread, also on SIGKILL.
 
     Without it, a test runner killed by a timeout leaves the SuperLink and
     SuperNodes running, because `close()` never runs. Flower's own children
@@ -598,12 +599,41 @@ def _kill_marked_processes(deployment_id: str) -> None:
 
     Flower starts some children in new sessions (the SuperLink's
     flower-superexec, for example), out of reach of the process-group signal.
+    The scan repeats until no marked process is left, because a process can
+    fork between two scans and a killed one stays visible until it has exited.
     Reads /proc, so it covers Linux only.
+    """
+    deadline = time.monotonic() + _STOP_GRACE_SECONDS
+    while True:
+        pids = _marked_processes(deployment_id)
+        if not pids:
+            return
+        if time.monotonic() > deadline:
+            logger.warning(
+                "processes %s of deployment %s still exist after SIGKILL",
+                pids,
+                deployment_id,
+            )
+            return
+        for pid in pids:
+            logger.info("ending leftover process %d of the deployment", pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+def _marked_processes(deployment_id: str) -> list[int]:
+    """Return the pids, other than this process, that carry the deployment marker.
+
+    A zombie has no readable environment, so exited processes are not listed.
     """
     marker = f"{DEPLOYMENT_MARKER_VARIABLE}={deployment_id}".encode() + b"\0"
     proc = Path("/proc")
     if not proc.is_dir():
-        return
+        return []
+    pids = []
     for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -612,8 +642,5 @@ def _kill_marked_processes(deployment_id: str) -> None:
         except OSError:
             continue
         if marker in environment:
-            logger.info("ending leftover process %s of the deployment", entry.name)
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pids.append(int(entry.name))
+    return pids
