@@ -271,11 +271,22 @@ def _sha256_file(path: Path) -> str:
 
 
 def _describe_input(path: Path) -> dict[str, str]:
-    """Return the path and SHA-256 of an input and of its SQLite -wal file."""
-    description = {"path": str(path), "sha256": _sha256_file(path)}
-    wal = path.with_name(path.name + "-wal")
-    if wal.is_file() and wal.stat().st_size > 0:
-        description["wal_sha256"] = _sha256_file(wal)
+    """Return the path and SHA-256 of an input and of its SQLite -wal file.
+
+    Raises:
+        AuditInputError: the file cannot be read.
+
+    """
+    try:
+        description = {"path": str(path), "sha256": _sha256_file(path)}
+        wal = path.with_name(path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            description["wal_sha256"] = _sha256_file(wal)
+    except OSError as error:
+        raise AuditInputError(
+            f"cannot read {path} to record its SHA-256: {error.strerror}; check "
+            "that the file is readable"
+        ) from None
     return description
 
 
@@ -655,12 +666,11 @@ def _check_spends(audit: _Audit, entries: Sequence[StoredEntry]) -> None:
             continue
         hospital_id = str(payload.get("hospital_id"))
         round_number = payload.get("round")
-        round_value = payload.get("round")
         where = Where(
             HUB,
             entry.seq,
             hospital_id,
-            round_value if isinstance(round_value, int) else None,
+            round_number if isinstance(round_number, int) else None,
         )
         dp = _dp_of(payload)
         problems = []
