@@ -478,7 +478,7 @@ def _budget_from_inputs(
 
 # A ledger that fails verification is still read, so every field of a stored
 # payload may have any JSON type. These helpers return a neutral value for a
-# field of the wrong type; the checks then fail on it instead of raising.
+# field of the wrong type, so the checks fail on it instead of raising.
 
 
 def _int_field(payload: Mapping[str, Any], key: str) -> int:
@@ -1145,14 +1145,14 @@ def _load_inputs(
     try:
         roster = load_roster(roster_path)
     except RosterError as error:
-        raise AuditInputError(f"roster {roster_path} is unusable: {error}") from None
+        raise AuditInputError(f"roster {roster_path} is invalid: {error}") from None
     policy = None
     if study_policy is not None:
         try:
             policy = load_study_policy(study_policy)
         except PolicyError as error:
             raise AuditInputError(
-                f"study policy {study_policy} is unusable: {error}"
+                f"study policy {study_policy} is invalid: {error}"
             ) from None
     for hospital_id, path in hospital_ledgers.items():
         if hospital_id not in roster.hospitals:
