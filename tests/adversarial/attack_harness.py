@@ -196,7 +196,9 @@ class SecureFederation:
     def secure_round(
         self, hospital_id: str, participants: Iterable[str]
     ) -> SecureRound:
-        """Return the secure part of a training message, with the first-round
-        confirmations while the hospital has not received them yet."""
+        """Return the secure part of a training message.
+
+        The key confirmations ride on the first round a hospital receives.
+        """
         confirmations = self.pending_confirmations.pop(hospital_id, None)
         return SecureRound(participants=list(participants), confirmations=confirmations)

@@ -174,3 +174,29 @@ def test_policy_limit_rejected_before_spend(
         )
 
     assert agent.ledger.spends(federation.study_id) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the agent accepts any study id the hub sends, so the per-study "
+    "epsilon and round limits restart for every new id; only max_epsilon_total "
+    "still binds",
+)
+def test_unknown_study_rejected_before_spend(
+    secure_federation: SecureFederation,
+) -> None:
+    federation = secure_federation
+    agent = federation.agents["va"]
+    other_study = federation.instruction(1, NONCE_A).model_copy(
+        update={"study_id": "another-study"}
+    )
+
+    with pytest.raises(InstructionRejected):
+        agent.train(
+            other_study,
+            federation.training,
+            _parameters(federation),
+            federation.secure_round("va", HOSPITALS),
+        )
+
+    assert agent.ledger.spends("another-study") == []

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from attack_harness import (
+    HOSPITALS,
     Handler,
     client_handler,
     edit_yaml,
@@ -64,7 +65,7 @@ def _run(
 ) -> StudyResult:
     edit_yaml(federation / "study.yaml", _one_round_study if secure else _plain_study)
     if not secure:
-        for hospital in ("cleveland", "hungarian", "switzerland", "va"):
+        for hospital in HOSPITALS:
             edit_yaml(federation / "hospitals" / hospital / "policy.yaml", _allow_plain)
     handlers = honest_handlers(federation)
     handlers[node_id_of("va")] = _tampered_va(federation, message_type, tamper)
@@ -73,8 +74,6 @@ def _run(
 
 def _finite_model(federation: Path) -> bool:
     models = sorted((federation / "hub" / "state" / "models").glob("round-*.npz"))
-    if not models:
-        models = sorted(federation.rglob("models/round-*.npz"))
     with np.load(models[-1], allow_pickle=False) as stored:
         return all(bool(np.all(np.isfinite(stored[name]))) for name in stored.files)
 
@@ -133,7 +132,7 @@ def test_mistyped_advertisement_excluded(federation: Path) -> None:
     reason="an unmask reply whose response is not bytes raises MessageFieldError, "
     "which _apply_secure does not catch, so the hub stops mid-round",
 )
-def test_mistyped_unmask_response_survived(federation: Path) -> None:
+def test_mistyped_unmask_response_ignored(federation: Path) -> None:
     def text(message: Message, reply: Message) -> Message:
         result = {"status": "ok", "response": "not bytes"}
         return reply_with(message, {wire.RESULT: ConfigRecord(result)})
@@ -228,3 +227,22 @@ def test_infinite_delta_flagged(federation: Path) -> None:
 
     assert "va" in result.rounds[0].flagged
     assert _finite_model(federation)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="connect() reads result['schema_hash'] without a check, so a signed "
+    "identification without it raises KeyError out of the hub",
+)
+def test_identify_without_schema_hash_ignored(federation: Path) -> None:
+    def no_schema_hash(message: Message, reply: Message) -> Message:
+        result = dict(reply.content.config_records[wire.RESULT])
+        del result["schema_hash"]
+        return reply_with(message, {wire.RESULT: ConfigRecord(result)})
+
+    handlers = honest_handlers(federation)
+    handlers[node_id_of("va")] = _tampered_va(federation, wire.IDENTIFY, no_schema_hash)
+
+    nodes = hub_runner(federation, handlers).connect()
+
+    assert sorted(nodes) == ["cleveland", "hungarian", "switzerland"]
