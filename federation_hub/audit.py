@@ -238,7 +238,7 @@ class _Audit:
         return self._epsilon_cache[key]
 
     def record(self, check: str, passed: bool, detail: str, where: Where) -> None:
-        """Append the outcome of one check; log it when it failed."""
+        """Append the outcome of one check and log it when it failed."""
         result = CheckResult(
             check,
             passed,
@@ -250,7 +250,9 @@ class _Audit:
         )
         self.checks.append(result)
         if not passed:
-            logger.warning(
+            # The report lists every failure; the log keeps a trace at INFO
+            # level, so the command does not print each failure twice.
+            logger.info(
                 "audit check %s failed on %s entry %s: %s",
                 check,
                 where.ledger,
@@ -1251,7 +1253,8 @@ def run_audit(
         hospitals=summaries,
         checks=audit.checks,
     )
-    logger.info(
+    logger.log(
+        logging.INFO if report.passed else logging.WARNING,
         "audit of study %s: %s, %d checks, %d failed",
         audit.study_id,
         "pass" if report.passed else "fail",
