@@ -48,7 +48,11 @@ class DuplicateTracker:
     ) -> tuple[np.ndarray, pd.Series]:
         positions = np.flatnonzero(eligible)
         codes, uniques = pd.factorize(keys.to_numpy()[positions])
-        first_seen = ~pd.Series(codes).duplicated().to_numpy()
+        # factorize numbers keys in order of first appearance, so a row is its
+        # key's first exactly where its code exceeds every earlier code.
+        highest = np.maximum.accumulate(codes)
+        first_seen = np.ones(len(codes), dtype=bool)
+        first_seen[1:] = highest[1:] > highest[:-1]
         first_line = np.empty(len(uniques), dtype=np.int64)
         first_line[codes[first_seen]] = lines[positions[first_seen]]
         earlier = self._lookup_earlier(uniques, first_line)
@@ -141,11 +145,49 @@ def row_hashes(columns: list[pd.Series]) -> np.ndarray:
     rows = len(columns[0]) if columns else 0
     combined = np.full(rows, 0x345678, dtype=np.uint64)
     multiplier = np.uint64(1000003)
-    for position, values in enumerate(columns):
-        hashed = pd.util.hash_array(values.to_numpy())
-        combined = (combined ^ hashed) * multiplier
+    hashed = np.empty(rows, dtype=np.uint64)
+    scratch = np.empty(rows, dtype=np.uint64)
+    for position, series in enumerate(columns):
+        values = series.to_numpy()
+        if values.dtype == np.float64:
+            _hash_floats(values, hashed, scratch)
+            combined ^= hashed
+        else:
+            combined ^= pd.util.hash_array(values)
+        combined *= multiplier
         multiplier += np.uint64(82520 + 2 * (len(columns) - position))
-    return combined + np.uint64(97531)
+    combined += np.uint64(97531)
+    return combined
+
+
+_NAN_BITS = np.array(np.nan, dtype=np.float64).view(np.uint64)
+_NEGATIVE_ZERO_BITS = np.array(-0.0, dtype=np.float64).view(np.uint64)
+
+
+def _hash_floats(values: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    """Write ``pd.util.hash_array(values)`` of float64 values into ``out``.
+
+    The steps are those of pandas 3.1's ``_hash_ndarray``: every NaN and -0.0
+    get one bit pattern, so that equal values hash equal, then a 64-bit mixer
+    (splitmix64's finalizer). Working in place, with ``scratch`` for the shifts,
+    avoids the temporary arrays that pandas allocates at each step.
+    """
+    np.copyto(out, values.view(np.uint64))
+    nan = np.isnan(values)
+    if nan.any():
+        out[nan] = _NAN_BITS
+    negative_zero = out == _NEGATIVE_ZERO_BITS
+    if negative_zero.any():
+        out[negative_zero] = 0
+    for shift, multiplier in (
+        (30, np.uint64(0xBF58476D1CE4E5B9)),
+        (27, np.uint64(0x94D049BB133111EB)),
+    ):
+        np.right_shift(out, shift, out=scratch)
+        out ^= scratch
+        out *= multiplier
+    np.right_shift(out, 31, out=scratch)
+    out ^= scratch
 
 
 def count_patient_rows(schema: Schema, chunks: Iterator[Chunk]) -> pd.DataFrame:

@@ -457,7 +457,7 @@ def iter_parquet_chunks(
     parquet = pq.ParquetFile(source.path)
     for batch in parquet.iter_batches(batch_size=chunk_rows):
         original = batch.to_pandas()
-        frame = original[present].copy()
+        frame = original[present]
         for name in present:
             frame[name] = normalize_typed_column(
                 frame[name], schema, name, markers[name]
@@ -477,7 +477,7 @@ def iter_frame_chunks(
     markers = text_missing_markers(schema)
     for start in range(0, len(source.frame), chunk_rows):
         original = source.frame.iloc[start : start + chunk_rows]
-        frame = original[present].copy()
+        frame = original[present]
         for name in present:
             frame[name] = normalize_typed_column(
                 frame[name], schema, name, markers[name]

@@ -89,13 +89,13 @@ class ColumnCounts:
 
     def add(self, check: ColumnCheck, imputable: bool) -> None:
         """Add the counts of one chunk's check."""
-        missing = int(check.missing.sum())
+        missing = int(np.count_nonzero(check.missing))
         self.missing += missing
         self.imputed += missing if imputable else 0
-        self.out_of_range += int(check.out_of_range.sum())
-        self.invalid_code += int(check.invalid_code.sum())
-        self.wrong_type += int(check.wrong_type.sum())
-        self.warnings += int(check.implausible.sum())
+        self.out_of_range += int(np.count_nonzero(check.out_of_range))
+        self.invalid_code += int(np.count_nonzero(check.invalid_code))
+        self.wrong_type += int(np.count_nonzero(check.wrong_type))
+        self.warnings += int(np.count_nonzero(check.implausible))
 
 
 @dataclass
@@ -199,7 +199,9 @@ def validate_file(
         raise ValueError(f"chunk_rows must be at least 1, got {options.chunk_rows}")
     source = _open_source(path, schema, options)
     try:
-        return _run(source, schema, options, quarantine_path, keep_accepted)
+        return _run(
+            source, schema, options, quarantine_path, keep_accepted, expected_rows=None
+        )
     finally:
         source.close()
 
@@ -239,7 +241,14 @@ def validate_frame(
     )
     _require_columns(source, schema)
     options = CsvOptions(chunk_rows=chunk_rows)
-    return _run(source, schema, options, quarantine_path, keep_accepted=True)
+    return _run(
+        source,
+        schema,
+        options,
+        quarantine_path,
+        keep_accepted=True,
+        expected_rows=len(frame),
+    )
 
 
 def _open_source(path: Path, schema: Schema, options: CsvOptions) -> TableSource:
@@ -339,6 +348,7 @@ def _run(
     options: CsvOptions,
     quarantine_path: str | Path | None,
     keep_accepted: bool,
+    expected_rows: int | None,
 ) -> ValidationResult:
     report = ValidationReport(
         file=str(source.path),
@@ -358,10 +368,10 @@ def _run(
     duplicates = DuplicateTracker(schema, lambda: _chunks(source, schema, options))
     writer = _QuarantineWriter(Path(quarantine_path) if quarantine_path else None)
     line_reader = LineReader(source.text_path) if source.kind == "csv" else None
-    accepted_parts: list[_AcceptedPart] = []
+    accepted = _AcceptedRows(schema, expected_rows) if keep_accepted else None
     try:
         for chunk in _chunks(source, schema, options):
-            accepted = _validate_chunk(
+            _validate_chunk(
                 chunk,
                 schema,
                 source,
@@ -369,10 +379,8 @@ def _run(
                 duplicates,
                 writer,
                 line_reader,
-                keep_accepted,
+                accepted,
             )
-            if accepted is not None and len(accepted.lines) > 0:
-                accepted_parts.append(accepted)
         if report.total_rows == 0:
             raise EmptyCohortError(
                 source.path,
@@ -389,7 +397,9 @@ def _run(
         if line_reader is not None:
             line_reader.close()
     report.quarantine_file = str(quarantine_file) if quarantine_file else None
-    accepted_frame = _concat_accepted(accepted_parts, schema)
+    accepted_frame = (
+        accepted.frame() if accepted is not None else _empty_accepted(schema)
+    )
     logger.info(
         "Validated %s: %d rows, %d accepted, %d quarantined",
         source.path,
@@ -402,31 +412,87 @@ def _run(
     )
 
 
-@dataclass
-class _AcceptedPart:
-    """Typed values of one chunk's accepted rows, per column, and their lines."""
-
-    columns: dict[str, np.ndarray]
-    lines: np.ndarray
+def _empty_accepted(schema: Schema) -> pd.DataFrame:
+    empty = pd.DataFrame(columns=list(schema.column_names))
+    empty.index.name = "line"
+    return empty
 
 
-def _concat_accepted(parts: list[_AcceptedPart], schema: Schema) -> pd.DataFrame:
-    """Join the chunks' accepted rows into one frame indexed by line number.
+class _AcceptedRows:
+    """Typed values of accepted rows, collected chunk by chunk.
 
-    Each column is copied once, and ``copy=False`` keeps pandas from copying the
-    columns again to consolidate them into one block per dtype. Column dtypes are
-    those that ``pd.concat`` gives for per-chunk frames.
+    With ``capacity`` (the number of input rows, when known), number and
+    boolean columns are written straight into one array each, so every value
+    is copied once. Other columns, and all columns when the number of rows is
+    unknown, keep one array per chunk and are joined at the end.
     """
-    if not parts:
-        empty = pd.DataFrame(columns=list(schema.column_names))
-        empty.index.name = "line"
-        return empty
-    lines = pd.Index(np.concatenate([part.lines for part in parts]), name="line")
-    columns = {
-        name: _concat_column([part.columns[name] for part in parts], lines)
-        for name in schema.column_names
-    }
-    return pd.DataFrame(columns, copy=False)
+
+    _BUFFERED_KINDS = "biuf"
+
+    def __init__(self, schema: Schema, capacity: int | None) -> None:
+        self._schema = schema
+        self._capacity = capacity
+        self._rows = 0
+        self._lines: list[np.ndarray] = []
+        self._buffers: dict[str, np.ndarray] = {}
+        self._parts: dict[str, list[np.ndarray]] = {
+            name: [] for name in schema.column_names
+        }
+
+    def append(
+        self, values: dict[str, np.ndarray], mask: np.ndarray, lines: np.ndarray
+    ) -> None:
+        """Add the rows of one chunk where ``mask`` is True."""
+        kept = int(np.count_nonzero(mask))
+        if kept == 0:
+            return
+        start, stop = self._rows, self._rows + kept
+        for name, array in values.items():
+            buffer = self._buffer_for(name, array, stop)
+            if buffer is not None:
+                np.compress(mask, array, out=buffer[start:stop])
+            else:
+                self._parts[name].append(array[mask])
+        self._lines.append(lines[mask])
+        self._rows = stop
+
+    def _buffer_for(self, name: str, array: np.ndarray, stop: int) -> np.ndarray | None:
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            if (
+                self._rows == 0
+                and self._capacity is not None
+                and stop <= self._capacity
+                and array.dtype.kind in self._BUFFERED_KINDS
+            ):
+                buffer = np.empty(self._capacity, dtype=array.dtype)
+                self._buffers[name] = buffer
+            return buffer
+        if buffer.dtype == array.dtype and stop <= len(buffer):
+            return buffer
+        # A chunk with another dtype: keep the rows so far as the first part.
+        self._parts[name] = [buffer[: self._rows]]
+        del self._buffers[name]
+        return None
+
+    def frame(self) -> pd.DataFrame:
+        """Return the accepted rows indexed by line number, in schema order.
+
+        ``copy=False`` keeps pandas from copying the columns again to consolidate
+        them into one block per dtype. Column dtypes are those that ``pd.concat``
+        gives for per-chunk frames.
+        """
+        if self._rows == 0:
+            return _empty_accepted(self._schema)
+        lines = pd.Index(np.concatenate(self._lines), name="line")
+        columns: dict[str, pd.Series] = {}
+        for name in self._schema.column_names:
+            buffer = self._buffers.get(name)
+            if buffer is not None:
+                columns[name] = pd.Series(buffer[: self._rows], index=lines, copy=False)
+            else:
+                columns[name] = _concat_column(self._parts[name], lines)
+        return pd.DataFrame(columns, copy=False)
 
 
 def _concat_column(arrays: list[np.ndarray], lines: pd.Index) -> pd.Series:
@@ -462,11 +528,11 @@ def _validate_chunk(
     duplicates: DuplicateTracker,
     writer: _QuarantineWriter,
     line_reader: LineReader | None,
-    keep_accepted: bool,
-) -> _AcceptedPart | None:
+    accepted: _AcceptedRows | None,
+) -> None:
     """Check one chunk, update ``report``, quarantine its bad rows.
 
-    Returns the accepted rows with typed values, or None unless ``keep_accepted``.
+    Adds the accepted rows' typed values to ``accepted`` unless it is None.
     """
     frame = chunk.frame
     rows = len(frame)
@@ -500,23 +566,19 @@ def _validate_chunk(
 
     quarantined = reasons.any()
     report.total_rows += rows
-    report.quarantined_rows += int(quarantined.sum())
-    report.accepted_rows += int(rows - quarantined.sum())
-    report.duplicate_rows += int((duplicate_mask & ~empty).sum())
-    report.empty_rows += int(empty.sum())
-    report.rejected_missing_rows += int((rejected_missing & ~empty).sum())
+    report.quarantined_rows += int(np.count_nonzero(quarantined))
+    report.accepted_rows += rows - int(np.count_nonzero(quarantined))
+    report.duplicate_rows += int(np.count_nonzero(duplicate_mask & ~empty))
+    report.empty_rows += int(np.count_nonzero(empty))
+    report.rejected_missing_rows += int(np.count_nonzero(rejected_missing & ~empty))
     _write_quarantine(chunk, quarantined, reasons, writer, line_reader, source)
 
-    if not keep_accepted:
-        return None
-    accepted_mask = ~quarantined
-    return _AcceptedPart(
-        columns={
-            name: check.values.to_numpy()[accepted_mask]
-            for name, check in checks.items()
-        },
-        lines=chunk.lines[accepted_mask],
-    )
+    if accepted is not None:
+        accepted.append(
+            {name: check.values.to_numpy() for name, check in checks.items()},
+            ~quarantined,
+            chunk.lines,
+        )
 
 
 def _wrong_type_reason(column: Column) -> str:
