@@ -8,7 +8,8 @@ Measures, side by side in one run, the time per round of:
    ``SecureAggregator`` on the hub and ``silo_agent.secure``'s
    ``SecureAggregationState`` on each node, with the messages of the agent's
    ClientApp. The key setup (two exchanges) runs once per study and is timed
-   apart. Each round is the masked-input exchange plus the unmasking exchange;
+   separately. Each round is the masked-input exchange plus the unmasking
+   exchange;
 3. Flower 1.42's SecAgg+: ``SecAggPlusWorkflow`` on the ServerApp and
    ``secaggplus_mod`` on the ClientApp (four exchanges per round, keys agreed in
    every round), with ``num_shares = n``, ``reconstruction_threshold =

@@ -1,7 +1,7 @@
 """ServerApp of the round benchmark: plain, healthfed secure and SecAgg+ rounds.
 
 For one node count, the ServerApp runs every dimension in turn. For each, it runs
-the key setup of healthfed's secure aggregation once (timed apart), then
+the key setup of healthfed's secure aggregation once (timed separately), then
 ``warmup + rounds`` rounds of each of the three methods. The three methods take
 turns within each round index, with the order rotated every round, so they share
 the machine's background load. All three aggregate the same synthetic updates,
