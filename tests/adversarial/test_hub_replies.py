@@ -61,9 +61,17 @@ def _tampered_va(federation: Path, message_type: str, tamper: Tamper) -> Handler
 
 
 def _run(
-    federation: Path, message_type: str, tamper: Tamper, *, secure: bool = True
+    federation: Path,
+    message_type: str,
+    tamper: Tamper,
+    *,
+    secure: bool = True,
+    rounds: int = 1,
 ) -> StudyResult:
     edit_yaml(federation / "study.yaml", _one_round_study if secure else _plain_study)
+    edit_yaml(
+        federation / "study.yaml", lambda document: document.update(rounds=rounds)
+    )
     if not secure:
         for hospital in HOSPITALS:
             edit_yaml(federation / "hospitals" / hospital / "policy.yaml", _allow_plain)
@@ -246,3 +254,23 @@ def test_identify_without_schema_hash_ignored(federation: Path) -> None:
     nodes = hub_runner(federation, handlers).connect()
 
     assert sorted(nodes) == ["cleveland", "hungarian", "switzerland"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="one forged key confirmation from va makes every honest agent's "
+    "finish_setup raise, so all three reject round 1 and the study stops: one "
+    "hospital halts the study instead of being left out of the key set",
+)
+def test_forged_confirmation_excludes_sender(federation: Path) -> None:
+    def forge(message: Message, reply: Message) -> Message:
+        result = dict(reply.content.config_records[wire.RESULT])
+        for key, value in result.items():
+            if key.startswith("to."):
+                result[key] = bytes([value[0] ^ 1]) + value[1:]
+        return reply_with(message, {wire.RESULT: ConfigRecord(result)})
+
+    result = _run(federation, wire.SECAGG_CONFIRM, forge)
+
+    assert result.rounds[0].aborted == ""
+    assert "cleveland" in result.rounds[0].trained
