@@ -1,10 +1,12 @@
 """A malicious hub sending one hospital two round instructions at once.
 
-On a deployment each message runs in its own ClientApp process, each with its
-own ``SiloAgent`` and ledger connection, and nothing stops the hub from pushing
-two training messages to one node. The test runs two agents of va on the same
+On a deployment each message runs in its own ClientApp process, with its own
+``SiloAgent`` and ledger connection. The test runs two agents of va on one
 ledger in two threads.
-"""
+
+NOTE: whether Flower 1.42's SuperNode runs two ClientApp processes of one node at
+the same time was not checked. The race needs that, or two SuperNodes started
+with the same agent configuration."""
 
 from __future__ import annotations
 
