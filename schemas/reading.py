@@ -459,9 +459,11 @@ def iter_parquet_chunks(
         original = batch.to_pandas()
         frame = original[present]
         for name in present:
-            frame[name] = normalize_typed_column(
-                frame[name], schema, name, markers[name]
-            )
+            column = frame[name]
+            normalized = normalize_typed_column(column, schema, name, markers[name])
+            # Assign only replaced columns: each assignment can copy a block.
+            if normalized is not column:
+                frame[name] = normalized
         lines = np.arange(offset, offset + len(frame), dtype=np.int64)
         frame.index = pd.RangeIndex(offset - 1, offset - 1 + len(frame))
         offset += len(frame)
@@ -479,9 +481,11 @@ def iter_frame_chunks(
         original = source.frame.iloc[start : start + chunk_rows]
         frame = original[present]
         for name in present:
-            frame[name] = normalize_typed_column(
-                frame[name], schema, name, markers[name]
-            )
+            column = frame[name]
+            normalized = normalize_typed_column(column, schema, name, markers[name])
+            # Assign only replaced columns: each assignment can copy a block.
+            if normalized is not column:
+                frame[name] = normalized
         frame.index = pd.RangeIndex(start, start + len(frame))
         lines = np.arange(start + 1, start + 1 + len(frame), dtype=np.int64)
         yield Chunk(frame=frame, lines=lines, original=original)
