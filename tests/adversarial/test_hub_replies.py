@@ -274,3 +274,36 @@ def test_forged_confirmation_excludes_sender(federation: Path) -> None:
 
     assert result.rounds[0].aborted == ""
     assert "cleveland" in result.rounds[0].trained
+
+
+def _renamed(update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {f"{name}.renamed": value for name, value in update.items()}
+
+
+def _shrunk(update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: value.reshape(-1)[:1] for name, value in update.items()}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="in plain mode the hub checks neither the names nor the shapes of a "
+    "delta before FedAvg.apply, which raises KeyError on a renamed array and "
+    "broadcasts a one-element array over a whole tensor",
+)
+@pytest.mark.parametrize("change", [_renamed, _shrunk], ids=["renamed", "shrunk"])
+def test_mismatched_delta_flagged(
+    federation: Path, change: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+) -> None:
+    def mismatch(message: Message, reply: Message) -> Message:
+        update = {
+            name: array.numpy().copy()
+            for name, array in reply.content.array_records[wire.UPDATE].items()
+        }
+        reply.content[wire.UPDATE] = ArrayRecord(
+            {name: Array(value) for name, value in change(update).items()}
+        )
+        return reply
+
+    result = _run(federation, wire.TRAIN, mismatch, secure=False)
+
+    assert "va" in result.rounds[0].flagged
