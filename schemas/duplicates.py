@@ -48,8 +48,8 @@ class DuplicateTracker:
     ) -> tuple[np.ndarray, pd.Series]:
         positions = np.flatnonzero(eligible)
         codes, uniques = pd.factorize(keys.to_numpy()[positions])
-        # factorize numbers keys in order of first appearance, so a row is its
-        # key's first exactly where its code exceeds every earlier code.
+        # pd.factorize numbers keys in order of first appearance, so a row is
+        # its key's first row exactly where its code exceeds every earlier code.
         highest = np.maximum.accumulate(codes)
         first_seen = np.ones(len(codes), dtype=bool)
         first_seen[1:] = highest[1:] > highest[:-1]
@@ -168,9 +168,9 @@ def _hash_floats(values: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> No
     """Write ``pd.util.hash_array(values)`` of float64 values into ``out``.
 
     The steps are those of pandas 3.1's ``_hash_ndarray``: every NaN and -0.0
-    get one bit pattern, so that equal values hash equal, then a 64-bit mixer
-    (splitmix64's finalizer). Working in place, with ``scratch`` for the shifts,
-    avoids the temporary arrays that pandas allocates at each step.
+    get one bit pattern, so that equal values hash equal, then three shift-xor
+    and two multiply steps mix the bits. Working in place, with ``scratch`` for
+    the shifts, avoids the temporary arrays that pandas allocates at each step.
     """
     np.copyto(out, values.view(np.uint64))
     nan = np.isnan(values)

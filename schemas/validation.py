@@ -421,10 +421,10 @@ def _empty_accepted(schema: Schema) -> pd.DataFrame:
 class _AcceptedRows:
     """Typed values of accepted rows, collected chunk by chunk.
 
-    With ``capacity`` (the number of input rows, when known), number and
-    boolean columns are written straight into one array each, so every value
-    is copied once. Other columns, and all columns when the number of rows is
-    unknown, keep one array per chunk and are joined at the end.
+    With ``capacity`` (the number of input rows, when known), columns of a
+    NumPy number or bool dtype are written straight into one array each, so
+    every value is copied once. Other columns, and all columns when the number
+    of rows is unknown, keep one array per chunk and are joined at the end.
     """
 
     _BUFFERED_KINDS = "biuf"
