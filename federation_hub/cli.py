@@ -16,6 +16,7 @@ from federation_hub.simulation import apply_private_environment
 apply_private_environment()
 
 from federation_hub import report  # noqa: E402
+from federation_hub.audit_command import audit  # noqa: E402
 from federation_hub.config import load_hub_config  # noqa: E402
 from federation_hub.demo import (  # noqa: E402
     HEART_DISEASE_DATA_DIR,
@@ -35,6 +36,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("init")(init)
+app.command("audit")(audit)
 
 app.command("plan")(plan)
 app.command("budget")(budget)

@@ -99,14 +99,31 @@ class SecureAggregator:
             if not reply.has_content():
                 logger.warning("%s: %s failed: %s", message_type, hospital, reply.error)
                 continue
+            if wire.RESULT not in reply.content.config_records:
+                self.rejections[hospital] = "reply without a result record"
+                logger.warning("%s: %s sent no result record", message_type, hospital)
+                continue
             result = reply.content.config_records[wire.RESULT]
             if result.get("status") != "ok":
-                reason = str(result.get("reason", "no reason given"))
+                reason = str(result.get("reason", "no reason given"))[:500]
                 self.rejections[hospital] = reason
                 logger.warning("%s: %s rejected: %s", message_type, hospital, reason)
                 continue
             results[hospital] = result
         return results
+
+    def _fields(
+        self, results: Mapping[str, ConfigRecord], name: str
+    ) -> dict[str, bytes]:
+        """Return each hospital's bytes field ``name``, leaving out mistyped ones."""
+        fields = {}
+        for hospital, result in results.items():
+            try:
+                fields[hospital] = wire.field_bytes(result, name)
+            except wire.MessageFieldError as error:
+                self.rejections[hospital] = str(error)
+                logger.warning("%s sent a malformed %s: %s", hospital, name, error)
+        return fields
 
     def setup(self, training: TrainingConfig) -> list[str]:
         """Run the key setup with every connected hospital; return the key set."""
@@ -130,7 +147,7 @@ class SecureAggregator:
             },
         )
         bundle = self.session.collect_advertisements(
-            {h: wire.field_bytes(r, "advertisement") for h, r in advertisements.items()}
+            self._fields(advertisements, "advertisement")
         )
         confirmations = self._replies(
             wire.SECAGG_CONFIRM,
@@ -145,14 +162,17 @@ class SecureAggregator:
                 for hospital in advertisements
             },
         )
-        addressed = {
-            sender: {
-                key.removeprefix("to."): wire.field_bytes(result, key)
-                for key, value in result.items()
-                if key.startswith("to.")
-            }
-            for sender, result in confirmations.items()
-        }
+        addressed = {}
+        for sender, result in confirmations.items():
+            try:
+                addressed[sender] = {
+                    key.removeprefix("to."): wire.field_bytes(result, key)
+                    for key in result
+                    if key.startswith("to.")
+                }
+            except wire.MessageFieldError as error:
+                self.rejections[sender] = str(error)
+                logger.warning("%s sent a malformed confirmation: %s", sender, error)
         self._pending_confirmations = self.session.route_confirmations(addressed)
         logger.info("secure aggregation key set: %s", ", ".join(self.key_set))
         return self.key_set
@@ -208,7 +228,5 @@ class SecureAggregator:
                 for hospital, request in requests.items()
             },
         )
-        total, total_weight = self.session.finalize(
-            {h: wire.field_bytes(r, "response") for h, r in responses.items()}
-        )
+        total, total_weight = self.session.finalize(self._fields(responses, "response"))
         return unflatten_parameters(total, like), total_weight

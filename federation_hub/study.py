@@ -26,7 +26,11 @@ from flwr.serverapp import Grid
 
 from federation_hub.aggregation import FedAvg
 from federation_hub.config import HubConfig
-from federation_hub.secure_rounds import SecureAggregator, secure_aggregation_config
+from federation_hub.secure_rounds import (
+    MAX_WEIGHT,
+    SecureAggregator,
+    secure_aggregation_config,
+)
 from policies import wire
 from policies.accounting import compute_epsilon
 from policies.architecture import initial_parameters
@@ -49,6 +53,12 @@ from secure_aggregation.messages import MaskedInput, RoundStart
 logger = logging.getLogger(__name__)
 
 Parameters = dict[str, np.ndarray]
+
+# Metrics an agent reports for the global model on its test split, each in [0, 1].
+EVALUATION_METRICS = ("accuracy", "roc_auc")
+
+# Longest rejection reason kept from a hospital's reply, in characters.
+MAX_REASON_CHARS = 500
 
 # Seconds between two pulls for replies.
 REPLY_POLL_INTERVAL_S = 0.1
@@ -205,11 +215,11 @@ class StudyRunner:
                     hospital_id,
                 )
                 continue
-            if result["schema_hash"] != self.schema.content_hash:
+            if result.get("schema_hash") != self.schema.content_hash:
                 logger.warning(
                     "hospital %s pins schema %s, the study uses %s; it cannot join",
                     hospital_id,
-                    result["schema_hash"],
+                    result.get("schema_hash"),
                     self.schema.content_hash,
                 )
                 continue
@@ -261,31 +271,48 @@ class StudyRunner:
         """Return each hospital's spends on this study, replayed from the hub's ledger.
 
         A round that was instructed but never completed (the hub stopped in
-        between) counts as spent by every hospital it instructed.
+        between) counts as spent by every hospital it instructed that neither
+        spent nor rejected it on record.
         """
         study = self.policy.study_id
         histories = {
             h: self.ledger.history(study, hospital_id=h) for h in self.policy.hospitals
         }
-        instructed: dict[int, dict[str, Any]] = {}
-        completed: set[int] = set()
-        settled: set[tuple[int, str]] = set()
+        # Each attempt at a round has its own instruction entry and nonces; a
+        # round_completed entry closes the latest attempt at its round, so an
+        # attempt cut short by a crash stays open even when a retry completes.
+        attempts: list[dict[str, Any]] = []
+        settled: set[tuple[int, str, str]] = set()
         for entry in self.ledger.entries():
             payload = entry.payload
             if payload.get("study_id") != study:
                 continue
             if entry.kind == "round_instructed":
-                instructed[int(payload["round"])] = dict(payload)
+                attempts.append({**payload, "completed": False})
             elif entry.kind == "round_completed":
-                completed.add(int(payload["round"]))
+                for attempt in reversed(attempts):
+                    if attempt["round"] == payload["round"]:
+                        attempt["completed"] = True
+                        break
             elif entry.kind in ("spend", "rejection"):
-                settled.add((int(payload["round"]), str(payload["hospital_id"])))
-        for round_number, payload in instructed.items():
-            if round_number in completed:
+                settled.add(
+                    (
+                        int(payload["round"]),
+                        str(payload.get("nonce", "")),
+                        str(payload["hospital_id"]),
+                    )
+                )
+        for attempt in attempts:
+            if attempt["completed"]:
                 continue
-            dp = DPParameters(**payload["dp"])
-            for hospital_id in payload["hospitals"]:
-                if (round_number, hospital_id) not in settled:
+            dp = DPParameters(**attempt["dp"])
+            for hospital_id in attempt["hospitals"]:
+                key = (
+                    int(attempt["round"]),
+                    attempt["nonces"][hospital_id],
+                    hospital_id,
+                )
+                if key not in settled:
                     histories.setdefault(hospital_id, []).append(dp)
         return histories
 
@@ -351,6 +378,7 @@ class StudyRunner:
                     "dp": self.dp.model_dump(),
                     "accountant": self.policy.accountant,
                     "delta": self.policy.delta,
+                    "epsilon_budget": self.policy.epsilon_budget.model_dump(),
                     "aggregation": self.aggregation_name,
                 },
             )
@@ -366,6 +394,11 @@ class StudyRunner:
                 )
                 break
             outcomes.append(outcome)
+            shortfall = self._training_shortfall(outcome)
+            if shortfall:
+                stop_reason = shortfall
+                logger.warning("study %s stopped: %s", self.policy.study_id, shortfall)
+                break
         self.ledger.append(
             "study_stopped", {"study_id": self.policy.study_id, "reason": stop_reason}
         )
@@ -448,20 +481,22 @@ class StudyRunner:
                 self._record_spend(hospital_id, instruction, histories, confirmed=False)
                 continue
             if result["status"] == "rejected":
-                outcome.rejected[hospital_id] = str(result["reason"])
+                reason = str(result.get("reason", "no reason given"))[:MAX_REASON_CHARS]
+                outcome.rejected[hospital_id] = reason
                 logger.warning(
                     "round %d: %s rejected: %s",
                     round_number,
                     hospital_id,
-                    result["reason"],
+                    reason,
                 )
                 self.ledger.append(
                     "rejection",
                     {
                         "study_id": self.policy.study_id,
                         "round": round_number,
+                        "nonce": instruction.nonce,
                         "hospital_id": hospital_id,
-                        "reason": str(result["reason"]),
+                        "reason": reason,
                     },
                 )
                 continue
@@ -482,7 +517,7 @@ class StudyRunner:
                 if self.secure is not None:
                     masked_inputs[hospital_id] = self.secure.masked_input(reply)
                 else:
-                    updates[hospital_id] = self._plain_update(reply)
+                    updates[hospital_id] = self._plain_update(reply, parameters)
             except (KeyError, ValueError, SecureAggregationError) as error:
                 outcome.flagged[hospital_id] = f"malformed update: {error}"
                 logger.error(
@@ -498,11 +533,33 @@ class StudyRunner:
             parameters = self._apply_secure(start, masked_inputs, parameters, outcome)
         elif updates:
             parameters = self.aggregator.apply(parameters, list(updates.values()))
-        outcome.metrics = self._evaluate(parameters)
+        outcome.metrics = self._evaluate(parameters, round_number)
         self._summarise_metrics(outcome)
         self._save_round(round_number, parameters, outcome)
         self._progress("round_completed", outcome)
         return outcome, parameters
+
+    def _training_shortfall(self, outcome: RoundOutcome) -> str:
+        """Return why the study cannot go on after this round, or an empty string.
+
+        A round in which fewer hospitals trained than the study needs (or whose
+        secure aggregation aborted) changed nothing; the next would likely fail
+        the same way, so the study stops and names the reasons.
+        """
+        needed = self.policy.min_hospitals_per_round
+        if self.secure is not None:
+            needed = max(needed, MIN_SECURE_PARTIES)
+        if len(outcome.trained) >= needed:
+            if outcome.aborted:
+                return f"round {outcome.round}: {outcome.aborted}"
+            return ""
+        reasons = {**outcome.rejected, **outcome.flagged}
+        reasons.update(dict.fromkeys(outcome.dropped, "no answer"))
+        listed = "; ".join(f"{h}: {r}" for h, r in sorted(reasons.items()))
+        return (
+            f"round {outcome.round}: only {len(outcome.trained)} hospitals trained, "
+            f"below the {needed} the study needs ({listed or 'no replies'})"
+        )
 
     def _secure_participants(self, outcome: RoundOutcome) -> list[str]:
         """Keep the selected hospitals in the key set; stop below a secure round."""
@@ -522,13 +579,52 @@ class StudyRunner:
             )
         return participants
 
-    def _plain_update(self, reply: Message) -> tuple[Parameters, float]:
+    def _plain_update(
+        self, reply: Message, parameters: Parameters
+    ) -> tuple[Parameters, float]:
+        """Return a plain update and its weight; raise ValueError if it is invalid.
+
+        The delta must have the global model's names and shapes, finite values
+        and an L2 norm within the study's update clip norm; the weight must be a
+        whole number of records in [1, MAX_WEIGHT].
+        """
         result = reply.content.config_records[wire.RESULT]
-        delta = {
-            name: np.asarray(array.numpy(), dtype=np.float32)
-            for name, array in reply.content.array_records[wire.UPDATE].items()
-        }
-        return delta, wire.field_number(result, "num_examples")
+        weight = wire.field_number(result, "num_examples")
+        if not (
+            math.isfinite(weight)
+            and weight == int(weight)
+            and 1 <= weight <= MAX_WEIGHT
+        ):
+            raise ValueError(
+                f"num_examples must be a whole number in [1, {MAX_WEIGHT}], "
+                f"got {weight}"
+            )
+        record = reply.content.array_records[wire.UPDATE]
+        if set(record) != set(parameters):
+            raise ValueError(
+                f"update names {sorted(record)} differ from the model's "
+                f"{sorted(parameters)}"
+            )
+        delta = {}
+        for name, array in record.items():
+            values = np.asarray(array.numpy(), dtype=np.float32)
+            if values.shape != np.shape(parameters[name]):
+                raise ValueError(
+                    f"update {name!r} has shape {values.shape}, the model "
+                    f"{np.shape(parameters[name])}"
+                )
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"update {name!r} holds NaN or infinite values")
+            delta[name] = values
+        norm = float(
+            np.sqrt(
+                sum(float(np.sum(v.astype(np.float64) ** 2)) for v in delta.values())
+            )
+        )
+        clip = self.policy.training.update_clip_norm
+        if norm > clip * (1 + 1e-6):
+            raise ValueError(f"update L2 norm {norm:.6g} exceeds the clip norm {clip}")
+        return delta, weight
 
     def _apply_secure(
         self,
@@ -537,15 +633,36 @@ class StudyRunner:
         parameters: Parameters,
         outcome: RoundOutcome,
     ) -> Parameters:
-        """Unmask the round's sum and step the global model, or abort the round."""
+        """Unmask the round's sum and step the global model, or abort the round.
+
+        The unmasked sums are checked before use: the total weight must lie in
+        [1, survivors x MAX_WEIGHT] and the weighted sum's L2 norm within
+        ``update_clip_norm x total weight``, else a hospital sent an input
+        outside the protocol's range and the round is aborted.
+        """
         assert self.secure is not None
         try:
             weighted_sum, total_weight = self.secure.unmask(
                 start, masked_inputs, parameters
             )
-        except SecureAggregationError as error:
+        except (SecureAggregationError, ValueError, KeyError) as error:
             outcome.aborted = f"secure aggregation aborted: {error}"
             logger.error("round %d aborted: %s", outcome.round, error)
+            return parameters
+        survivors = len(self.secure.session.survivors) or len(masked_inputs)
+        clip = self.policy.training.update_clip_norm
+        norm = float(
+            np.sqrt(sum(float(np.sum(np.square(v))) for v in weighted_sum.values()))
+        )
+        if not (1 <= total_weight <= survivors * MAX_WEIGHT) or not (
+            math.isfinite(norm) and norm <= clip * total_weight * (1 + 1e-6)
+        ):
+            outcome.aborted = (
+                "secure aggregation aborted: the unmasked sum is outside the "
+                f"protocol's range (total weight {total_weight:g} for {survivors} "
+                "hospitals); a hospital sent an invalid input"
+            )
+            logger.error("round %d aborted: %s", outcome.round, outcome.aborted)
             return parameters
         return self.aggregator.apply_sum(parameters, weighted_sum, total_weight)
 
@@ -686,7 +803,9 @@ class StudyRunner:
             [*confirmed, instruction.dp], self.policy.delta, self.policy.accountant
         )
 
-    def _evaluate(self, parameters: Parameters) -> dict[str, dict[str, float]]:
+    def _evaluate(
+        self, parameters: Parameters, round_number: int
+    ) -> dict[str, dict[str, float]]:
         """Return each hospital's metrics of the global model on its test split.
 
         NOTE: the metrics arrive per hospital in the clear, because the operator
@@ -699,7 +818,13 @@ class StudyRunner:
         messages = [
             Message(
                 RecordDict(
-                    {wire.TRAINING: training_record, wire.GLOBAL_MODEL: model_record}
+                    {
+                        wire.TRAINING: training_record,
+                        wire.GLOBAL_MODEL: model_record,
+                        wire.EVALUATION: ConfigRecord(
+                            {"study_id": self.policy.study_id, "round": round_number}
+                        ),
+                    }
                 ),
                 dst_node_id=node,
                 message_type=wire.EVALUATE,
@@ -717,12 +842,23 @@ class StudyRunner:
                 logger.warning("evaluation reply of %s has no metrics", hospital_id)
                 continue
             try:
-                metrics[hospital_id] = {
+                values = {
                     name: wire.field_number(records[wire.METRICS], name)
-                    for name in ("accuracy", "roc_auc", "loss", "examples")
+                    for name in EVALUATION_METRICS
                 }
             except wire.MessageFieldError as error:
                 logger.warning("evaluation reply of %s: %s", hospital_id, error)
+                continue
+            # ROC AUC is NaN where a test split holds one class; nothing else may be.
+            if not all(
+                0.0 <= value <= 1.0 or (name == "roc_auc" and math.isnan(value))
+                for name, value in values.items()
+            ):
+                logger.warning(
+                    "evaluation reply of %s has values outside [0, 1]", hospital_id
+                )
+                continue
+            metrics[hospital_id] = values
         return dict(sorted(metrics.items()))
 
     @staticmethod

@@ -123,6 +123,15 @@ def _check_static_limits(
     cohort_size: int,
 ) -> None:
     dp = instruction.dp
+    if (
+        policy.approved_studies is not None
+        and instruction.study_id not in policy.approved_studies
+    ):
+        raise _reject(
+            "approved_studies",
+            f"study {instruction.study_id!r} is not in the approved studies "
+            f"{list(policy.approved_studies)}",
+        )
     if instruction.accountant not in policy.accepted_accountants:
         raise _reject(
             "accepted_accountants",

@@ -256,6 +256,10 @@ class HospitalPolicy(FrozenModel):
     total_accountant: Accountant = "rdp"
     """Accountant of the epsilon over all studies. Default ``"rdp"``."""
     require_secure_aggregation: Annotated[bool, Strict()] = True
+    approved_studies: tuple[Identifier, ...] | None = None
+    """Study ids the hospital approved; an instruction for any other study is
+    rejected, so a hub cannot restart the per-study limits under a new id.
+    None accepts every study, and only ``max_epsilon_total`` binds across them."""
 
     @model_validator(mode="after")
     def _consistent(self) -> HospitalPolicy:

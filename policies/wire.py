@@ -26,6 +26,7 @@ SECAGG_UNMASK = "query.secagg_unmask"
 # Record names inside a message's RecordDict.
 INSTRUCTION = "instruction"
 TRAINING = "training"
+EVALUATION = "evaluation"
 GLOBAL_MODEL = "global_model"
 UPDATE = "update"
 RESULT = "result"

@@ -9,11 +9,14 @@ before training starts (write-ahead), so a crash never forgets spent budget.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ from policies.enforcement import (
     check_instruction,
 )
 from policies.identity import load_private_key
-from policies.ledger import Ledger
+from policies.ledger import Ledger, LedgerEntry
 from policies.models import HospitalPolicy, TrainingConfig, load_hospital_policy
 from policies.receipts import Receipt, sign_receipt
 from policies.roster import Roster, identify_message, load_roster
@@ -50,6 +53,18 @@ from silo_agent.training import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) in the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 class CohortError(ValueError):
@@ -230,6 +245,13 @@ class SiloAgent:
                 instruction.nonce,
             )
             return self._load_reply(outbox)
+        approved = self.policy.approved_studies
+        if approved is not None and instruction.study_id not in approved:
+            raise InstructionRejected(
+                f"study {instruction.study_id!r} is not in the approved studies "
+                f"{list(approved)}",
+                limit="approved_studies",
+            )
         if instruction.secure_aggregation and secure_round is None:
             raise InstructionRejected(
                 "the instruction asks for secure aggregation but carries no "
@@ -295,32 +317,62 @@ class SiloAgent:
         return reply
 
     def _spend(self, instruction: RoundInstruction) -> float:
-        """Check the instruction and commit its spend; return epsilon after it."""
-        spend = self.ledger.find_spend(
-            instruction.study_id, instruction.round, instruction.nonce
-        )
-        if spend is not None:
-            # The spend was committed before a crash and nothing was released:
-            # train again under the same spend.
-            return float(spend.payload["epsilon_after"])
-        epsilon_after = check_instruction(
-            self.policy,
-            instruction,
-            self.ledger.history(instruction.study_id),
-            self.ledger.history(),
-            len(self.cohort.train_labels),
-            pinned_schema_hash=self.schema.content_hash,
-        )
-        self.ledger.record_spend(
-            instruction.study_id,
-            instruction.round,
-            instruction.nonce,
-            instruction.dp,
-            instruction.accountant,
-            instruction.delta,
-            epsilon_after,
-        )
-        return epsilon_after
+        """Check the instruction and commit its spend; return epsilon after it.
+
+        The check and the write hold an exclusive lock on the state folder, so two
+        instructions handled at once cannot both pass the budget check.
+        """
+        with _exclusive_lock(self.config.state_dir / "spend.lock"):
+            spend = self.ledger.find_spend(
+                instruction.study_id, instruction.round, instruction.nonce
+            )
+            if spend is not None:
+                # Committed before a crash, and nothing was released: train again
+                # under the same spend, but only with the parameters it paid for.
+                self._check_retry_matches(instruction, spend)
+                return float(spend.payload["epsilon_after"])
+            epsilon_after = check_instruction(
+                self.policy,
+                instruction,
+                self.ledger.history(instruction.study_id),
+                self.ledger.history(),
+                len(self.cohort.train_labels),
+                pinned_schema_hash=self.schema.content_hash,
+            )
+            self.ledger.record_spend(
+                instruction.study_id,
+                instruction.round,
+                instruction.nonce,
+                instruction.dp,
+                instruction.accountant,
+                instruction.delta,
+                epsilon_after,
+            )
+            return epsilon_after
+
+    def _check_retry_matches(
+        self, instruction: RoundInstruction, spend: LedgerEntry
+    ) -> None:
+        """Reject a retry whose DP parameters differ from the spend on record."""
+        recorded = spend.payload
+        mismatched = [
+            name
+            for name in ("noise_multiplier", "sample_rate", "steps", "max_grad_norm")
+            if recorded[name] != getattr(instruction.dp, name)
+        ]
+        if recorded["accountant"] != instruction.accountant:
+            mismatched.append("accountant")
+        if recorded["delta"] != instruction.delta:
+            mismatched.append("delta")
+        if instruction.schema_hash != self.schema.content_hash:
+            mismatched.append("schema_hash")
+        if mismatched:
+            raise InstructionRejected(
+                f"round {instruction.round} nonce {instruction.nonce} was already "
+                f"paid for with other values of {', '.join(mismatched)}; a retry "
+                "must repeat the original instruction",
+                limit="retry",
+            )
 
     def _train_delta(
         self,
@@ -360,12 +412,46 @@ class SiloAgent:
         return sum(p.numel() for p in self.build_model(training).parameters())
 
     def evaluate(
-        self, training: TrainingConfig, parameters: Parameters
+        self,
+        study_id: str,
+        round_number: int,
+        training: TrainingConfig,
+        parameters: Parameters,
     ) -> dict[str, float]:
-        """Evaluate the global model on this hospital's fixed test split."""
-        model = self.build_model(training)
-        load_parameters(model, parameters)
-        return evaluate(model, self.cohort.test_features, self.cohort.test_labels)
+        """Evaluate the global model on the fixed test split, once per round.
+
+        Only accuracy and ROC AUC leave the agent, never the split's size or the
+        loss, and each evaluation is recorded in the ledger. A second request
+        for the same or an earlier round of the study is rejected, so a hub
+        cannot probe the test records with many chosen models.
+
+        NOTE: one chosen model per round still reveals a statistic of the test
+        split (a constant model's accuracy is its share of positive labels).
+        Removing that needs the metrics summed under secure aggregation.
+
+        Raises:
+            InstructionRejected: this round of the study was already evaluated.
+
+        """
+        with _exclusive_lock(self.config.state_dir / "spend.lock"):
+            for entry in self.ledger.entries():
+                if (
+                    entry.kind == "evaluation"
+                    and entry.payload["study_id"] == study_id
+                    and int(entry.payload["round"]) >= round_number
+                ):
+                    raise InstructionRejected(
+                        f"round {round_number} of study {study_id} is not after the "
+                        f"last evaluated round {entry.payload['round']}",
+                        limit="evaluation",
+                    )
+            model = self.build_model(training)
+            load_parameters(model, parameters)
+            self.ledger.append(
+                "evaluation", {"study_id": study_id, "round": round_number}
+            )
+        metrics = evaluate(model, self.cohort.test_features, self.cohort.test_labels)
+        return {"accuracy": metrics["accuracy"], "roc_auc": metrics["roc_auc"]}
 
     def _outbox_path(self, instruction: RoundInstruction) -> Path:
         key = f"{instruction.study_id}\0{instruction.round}\0{instruction.nonce}"

@@ -38,7 +38,7 @@ from secure_aggregation.errors import SecureAggregationError
 from secure_aggregation.transport import unmask_request_from_fields
 from silo_agent.agent import SecureRound, SiloAgent
 from silo_agent.config import load_agent_config
-from silo_agent.secure import config_from_fields
+from silo_agent.secure import SecureAggregationRejected, config_from_fields
 
 logger = logging.getLogger(__name__)
 
@@ -194,6 +194,11 @@ def secagg_advertise(message: Message, context: Context) -> Message:
         setup = dict(content.config_records[wire.SECAGG])
         training = wire.decode_training(dict(content.config_records[wire.TRAINING]))
         study_id = str(setup.pop("study_id"))
+        approved = agent.policy.approved_studies
+        if approved is not None and study_id not in approved:
+            raise SecureAggregationRejected(
+                f"study {study_id!r} is not in the approved studies {list(approved)}"
+            )
         parties = wire.field_str_list(setup, "parties")
         del setup["parties"]
         config = config_from_fields(setup)
@@ -257,9 +262,19 @@ def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the global model on the hospital's fixed test split."""
     agent = get_agent(context)
     content = message.content
-    training = wire.decode_training(dict(content.config_records[wire.TRAINING]))
-    parameters = parameters_from_record(content.array_records[wire.GLOBAL_MODEL])
-    metrics = agent.evaluate(training, parameters)
+    try:
+        request = content.config_records[wire.EVALUATION]
+        study_id = request.get("study_id")
+        round_number = request.get("round")
+        if not isinstance(study_id, str) or not isinstance(round_number, int):
+            raise wire.MessageFieldError("evaluation needs a study id and a round")
+        training = wire.decode_training(dict(content.config_records[wire.TRAINING]))
+        parameters = parameters_from_record(content.array_records[wire.GLOBAL_MODEL])
+        metrics = agent.evaluate(study_id, round_number, training, parameters)
+    except (InstructionRejected, PolicyError, ValueError, KeyError) as error:
+        reason = error.reason if isinstance(error, InstructionRejected) else str(error)
+        logger.warning("%s rejected the evaluation: %s", agent.hospital_id, reason)
+        return _rejection(message, reason)
     return Message(
         RecordDict({wire.METRICS: MetricRecord(dict(metrics))}), reply_to=message
     )

@@ -9,6 +9,7 @@ before each step and saved after it, before any reply leaves.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from secure_aggregation.errors import SecureAggregationError
 from secure_aggregation.messages import MaskedInput
 
 logger = logging.getLogger(__name__)
+
+
+# The same identifiers as policies' study ids, minus a leading dot ("..").
+_STUDY_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 
 
 class SecureAggregationRejected(SecureAggregationError):
@@ -63,7 +68,19 @@ class SecureAggregationState:
         self._state_dir = state_dir
 
     def _path(self, study_id: str) -> Path:
-        return self._state_dir / "secure-aggregation" / f"{study_id}.json"
+        """Return the study's state file; the hub chooses ``study_id``, so check it."""
+        if not _STUDY_ID.fullmatch(study_id):
+            raise SecureAggregationRejected(
+                "study id must be 1-128 letters, digits, '.', '_' or '-' and not "
+                "start with '.'"
+            )
+        folder = (self._state_dir / "secure-aggregation").resolve()
+        path = (folder / f"{study_id}.json").resolve()
+        if path.parent != folder:
+            raise SecureAggregationRejected(
+                "study id does not name a file in the state"
+            )
+        return path
 
     def _load(self, study_id: str) -> AgentSession:
         path = self._path(study_id)

@@ -28,12 +28,6 @@ NOISE_MULTIPLIER = 2.0
 STEPS = 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="check_instruction reads the ledger history and record_spend appends "
-    "later with no lock across both, so two concurrent instructions each pass "
-    "the budget check and together exceed max_epsilon_per_study",
-)
 def test_concurrent_rounds_stay_in_budget(
     federation: Path,
     secure_federation: SecureFederation,

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 from attack_harness import build_agent, client_handler, node_id_of
 from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -43,12 +42,6 @@ def _evaluate_constant_model(federation: Path, bias: float) -> dict[str, float]:
     return dict(reply.content.metric_records[wire.METRICS])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent evaluates any model the hub sends, as often as it asks, and "
-    "returns exact accuracy and test-split size with no noise and no ledger entry, "
-    "so a constant model reveals the exact count of positive test patients",
-)
 def test_evaluation_hides_exact_counts(federation: Path) -> None:
     metrics = _evaluate_constant_model(federation, bias=1.0)
     positives = int(np.sum(build_agent(federation, "va").cohort.test_labels))

@@ -30,11 +30,6 @@ def _parameters(federation: SecureFederation) -> dict[str, np.ndarray]:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a retry of a spent round and nonce skips check_instruction, so it "
-    "trains with DP parameters the hospital policy rejects",
-)
 def test_retry_with_other_dp_rejected(secure_federation: SecureFederation) -> None:
     federation = secure_federation
     agent = federation.agents["va"]
@@ -176,12 +171,6 @@ def test_policy_limit_rejected_before_spend(
     assert agent.ledger.spends(federation.study_id) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent accepts any study id the hub sends, so the per-study "
-    "epsilon and round limits restart for every new id; only max_epsilon_total "
-    "still binds",
-)
 def test_unknown_study_rejected_before_spend(
     secure_federation: SecureFederation,
 ) -> None:

@@ -37,12 +37,6 @@ def _advertise(federation: Path, study_id: str) -> ConfigRecord:
     return reply.content.config_records[wire.RESULT]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="secagg_advertise joins the hub's study_id into the session file path "
-    "without validating it, so '..' segments or an absolute path write the "
-    "0600 session file outside the agent's state folder",
-)
 @pytest.mark.parametrize("absolute", [False, True], ids=["relative", "absolute"])
 def test_advertise_study_id_path_rejected(
     federation: Path, tmp_path: Path, absolute: bool

@@ -86,11 +86,6 @@ def _finite_model(federation: Path) -> bool:
         return all(bool(np.all(np.isfinite(stored[name]))) for name in stored.files)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_round reads result['reason'] of a rejection without a default, so "
-    "a rejection without a reason raises KeyError out of the hub",
-)
 def test_rejection_without_reason_recorded(federation: Path) -> None:
     def no_reason(message: Message, reply: Message) -> Message:
         return reply_with(message, {wire.RESULT: ConfigRecord({"status": "rejected"})})
@@ -100,11 +95,6 @@ def test_rejection_without_reason_recorded(federation: Path) -> None:
     assert "va" in result.rounds[0].rejected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SecureAggregator._replies indexes the result record without a check, "
-    "so a key advertisement reply without one raises KeyError out of run()",
-)
 def test_advertise_without_result_excluded(federation: Path) -> None:
     def empty(message: Message, reply: Message) -> Message:
         return reply_with(message, {})
@@ -115,11 +105,6 @@ def test_advertise_without_result_excluded(federation: Path) -> None:
     assert "va" not in result.rounds[0].trained
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a key advertisement of the wrong type raises MessageFieldError in the "
-    "key setup, which stops the whole study instead of excluding one hospital",
-)
 def test_mistyped_advertisement_excluded(federation: Path) -> None:
     def text(message: Message, reply: Message) -> Message:
         result = {"status": "ok", "advertisement": "not bytes"}
@@ -135,11 +120,6 @@ def test_mistyped_advertisement_excluded(federation: Path) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unmask reply whose response is not bytes raises MessageFieldError, "
-    "which _apply_secure does not catch, so the hub stops mid-round",
-)
 def test_mistyped_unmask_response_ignored(federation: Path) -> None:
     def text(message: Message, reply: Message) -> Message:
         result = {"status": "ok", "response": "not bytes"}
@@ -150,12 +130,6 @@ def test_mistyped_unmask_response_ignored(federation: Path) -> None:
     assert len(result.rounds) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the hub does not bound the unmasked total weight: va adds 2**63 to "
-    "its masked weight coordinate, the total decodes negative and apply_sum "
-    "raises ValueError out of the hub",
-)
 def test_negative_total_weight_aborts_round(federation: Path) -> None:
     def flip_weight(message: Message, reply: Message) -> Message:
         vector = reply.content.array_records[wire.MASKED_VECTOR]["vector"].numpy()
@@ -169,11 +143,6 @@ def test_negative_total_weight_aborts_round(federation: Path) -> None:
     assert result.rounds[0].aborted != ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evaluation metrics are checked for type only: an infinite accuracy "
-    "reaches the ledger, whose JSON rejects it, and the hub raises ValueError",
-)
 def test_infinite_metric_not_recorded(federation: Path) -> None:
     def infinite(message: Message, reply: Message) -> Message:
         metrics = dict(reply.content.metric_records[wire.METRICS])
@@ -196,11 +165,6 @@ def test_nan_metric_not_averaged(federation: Path) -> None:
     assert math.isfinite(result.rounds[0].mean_roc_auc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="in plain mode the hub takes num_examples as sent: a NaN weight passes "
-    "FedAvg.apply's check and apply_sum raises ValueError out of the hub",
-)
 def test_nan_weight_flagged(federation: Path) -> None:
     def nan_weight(message: Message, reply: Message) -> Message:
         result = dict(reply.content.config_records[wire.RESULT])
@@ -213,11 +177,6 @@ def test_nan_weight_flagged(federation: Path) -> None:
     assert "va" in result.rounds[0].flagged
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="in plain mode the hub does not check that a delta is finite and "
-    "within update_clip_norm, so one infinite value makes the global model NaN",
-)
 def test_infinite_delta_flagged(federation: Path) -> None:
     def infinite(message: Message, reply: Message) -> Message:
         update = {
@@ -237,11 +196,6 @@ def test_infinite_delta_flagged(federation: Path) -> None:
     assert _finite_model(federation)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="connect() reads result['schema_hash'] without a check, so a signed "
-    "identification without it raises KeyError out of the hub",
-)
 def test_identify_without_schema_hash_ignored(federation: Path) -> None:
     def no_schema_hash(message: Message, reply: Message) -> Message:
         result = dict(reply.content.config_records[wire.RESULT])
@@ -284,12 +238,6 @@ def _shrunk(update: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: value.reshape(-1)[:1] for name, value in update.items()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="in plain mode the hub checks neither the names nor the shapes of a "
-    "delta before FedAvg.apply, which raises KeyError on a renamed array and "
-    "broadcasts a one-element array over a whole tensor",
-)
 @pytest.mark.parametrize("change", [_renamed, _shrunk], ids=["renamed", "shrunk"])
 def test_mismatched_delta_flagged(
     federation: Path, change: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]

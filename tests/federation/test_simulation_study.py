@@ -129,3 +129,26 @@ def test_budget_exceeded_hospital_skipped(demo_federation: Path) -> None:
     va_row = next(row for row in result.budget if row["hospital_id"] == "va")
     assert va_row["rounds_joined"] == 1
     assert va_row["epsilon"] <= budget
+
+
+def test_study_stops_when_all_reject(demo_federation: Path) -> None:
+    edit_yaml(demo_federation / "study.yaml", _two_rounds)
+    for hospital in HOSPITALS:
+
+        def demand_more_noise(policy: dict[str, Any]) -> None:
+            policy["min_noise_multiplier"] = 10.0
+
+        edit_yaml(
+            demo_federation / "hospitals" / hospital / "policy.yaml", demand_more_noise
+        )
+
+    result = run_simulation_study(demo_federation)
+
+    assert len(result.rounds) == 1
+    assert result.rounds[0].trained == []
+    assert sorted(result.rounds[0].rejected) == HOSPITALS
+    assert "only 0 hospitals trained" in result.stop_reason
+    assert "min_noise_multiplier" in result.stop_reason
+    for hospital in HOSPITALS:
+        assert _hospital_ledger(demo_federation, hospital).spends() == []
+    assert all(row["epsilon"] == 0.0 for row in result.budget)
