@@ -51,10 +51,6 @@ def secure_aggregation_config(
     )
 
 
-class SecureAggregationSetupError(RuntimeError):
-    """The key setup left fewer hospitals than a secure round needs."""
-
-
 class SecureAggregator:
     """Key setup and per-round unmasking for one study on the hub."""
 
@@ -205,7 +201,7 @@ class SecureAggregator:
         """Unmask the sum of the surviving inputs; return it and the total weight.
 
         Raises:
-            SecureAggregationError: too few hospitals survived or answered; the
+            SecureAggregationError: too few hospitals survived or replied; the
                 round is aborted and nothing is revealed.
 
         """

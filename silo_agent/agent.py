@@ -2,7 +2,7 @@
 
 One ``SiloAgent`` serves one hospital. It loads the hospital's records once,
 validates them against the pinned schema and encodes them from the schema alone,
-then answers the hub's requests. Every instruction is checked against the
+then handles the hub's requests. Every instruction is checked against the
 hospital's own policy, and the spend is committed to the hospital's ledger
 before training starts (write-ahead), so a crash never forgets spent budget.
 """
@@ -96,7 +96,7 @@ class SecureRound:
 
 @dataclass(frozen=True)
 class TrainReply:
-    """What the agent releases for one round.
+    """The reply an agent releases for one round.
 
     In plain mode the clipped delta and the record count travel in the clear. In
     secure mode only the masked input leaves: the weight (record count) is a
