@@ -108,6 +108,11 @@ def train_dp_sgd(
     if num_records == 0:
         raise ValueError("cannot train on an empty cohort: no accepted training rows")
     expected_batch_size = max(1, round(settings.sample_rate * num_records))
+    # NOTE: the noise and the Poisson sampling come from torch's Mersenne Twister
+    # seeded from os.urandom, not from a cryptographically secure generator
+    # (Opacus offers one only through the torchcsprng package, not installed).
+    # secure_mode below still draws the noise as Opacus's defence against
+    # floating-point attacks on the Gaussian mechanism.
     generator = torch.Generator().manual_seed(settings.seed)
 
     module = GradSampleModule(model, loss_reduction="mean")
@@ -118,6 +123,7 @@ def train_dp_sgd(
         expected_batch_size=expected_batch_size,
         loss_reduction="mean",
         generator=generator,
+        secure_mode=True,
     )
     sampler = UniformWithReplacementSampler(
         num_samples=num_records, sample_rate=settings.sample_rate, generator=generator
