@@ -115,9 +115,14 @@ def run(
     ],
 ) -> None:
     """Run the folder's study on Flower's simulation engine, one node per hospital."""
-    from federation_hub.simulation import run_simulation_study
+    from federation_hub.config import HubConfigError
+    from federation_hub.simulation import StudyFailedError, run_simulation_study
 
-    result = run_simulation_study(federation_dir, _progress)
+    try:
+        result = run_simulation_study(federation_dir, _progress)
+    except (StudyFailedError, HubConfigError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(1) from None
     _show_result(result, federation_dir)
 
 

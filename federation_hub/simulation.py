@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from flwr.app import Context
@@ -66,12 +67,16 @@ def run_simulation_study(
     os.environ["RAY_TMPDIR"] = ray_dir
 
     outcome: dict[str, StudyResult | BaseException] = {}
+    # Set when the engine returns, so a ServerApp thread still waiting for
+    # replies (the engine failed to start, say) stops instead of keeping the
+    # process alive until its timeouts expire.
+    engine_stopped = threading.Event()
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            runner = StudyRunner(grid, config, progress)
+            runner = StudyRunner(grid, config, progress, engine_stopped)
             outcome["result"] = runner.run()
         except BaseException as error:
             outcome["error"] = error
@@ -94,6 +99,7 @@ def run_simulation_study(
             },
         )
     finally:
+        engine_stopped.set()
         shutil.rmtree(ray_dir, ignore_errors=True)
 
     error = outcome.get("error")

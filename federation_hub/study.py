@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ REPLY_POLL_INTERVAL_S = 0.1
 
 # With two hospitals, each learns the other's update from the sum and its own.
 MIN_SECURE_PARTIES = 3
+
+
+class StudyInterrupted(RuntimeError):
+    """The engine running the study stopped; the hub stops waiting for replies."""
 
 
 @dataclass
@@ -129,8 +134,10 @@ class StudyRunner:
         grid: Grid,
         config: HubConfig,
         progress: ProgressCallback | None = None,
+        interrupt: threading.Event | None = None,
     ) -> None:
         self.grid = grid
+        self._interrupt = interrupt or threading.Event()
         self.config = config
         self.policy: StudyPolicy = load_study_policy(config.study_policy)
         self.schema = load_schema(config.schema_file)
@@ -164,6 +171,7 @@ class StudyRunner:
         deadline = time.monotonic() + self.config.node_timeout_s
         node_ids: list[int] = []
         while time.monotonic() < deadline:
+            self._check_not_interrupted()
             node_ids = list(self.grid.get_node_ids())
             if len(node_ids) >= wanted:
                 break
@@ -923,6 +931,13 @@ class StudyRunner:
             )
         return rows
 
+    def _check_not_interrupted(self) -> None:
+        """Raise ``StudyInterrupted`` once the engine running the study has stopped."""
+        if self._interrupt.is_set():
+            raise StudyInterrupted(
+                "the Flower engine stopped while the hub waited for the hospitals"
+            )
+
     def _exchange(self, messages: Iterable[Message]) -> list[Message]:
         """Send messages and collect the replies until all arrive or time runs out.
 
@@ -937,6 +952,7 @@ class StudyRunner:
         replies: list[Message] = []
         deadline = time.monotonic() + self.config.round_timeout_s
         while pending:
+            self._check_not_interrupted()
             received = list(self.grid.pull_messages(pending))
             replies.extend(received)
             pending.difference_update(m.metadata.reply_to_message_id for m in received)
