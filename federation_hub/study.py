@@ -45,7 +45,12 @@ from policies.receipts import (
     ReceiptSignatureError,
     check_receipt,
 )
-from policies.roster import Roster, identify_message, load_roster
+from policies.roster import (
+    Roster,
+    identify_message,
+    load_roster,
+    spend_status_message,
+)
 from schemas import load_schema
 from schemas.encoding import FeatureEncoder
 from secure_aggregation.errors import SecureAggregationError
@@ -286,9 +291,20 @@ class StudyRunner:
         histories = {
             h: self.ledger.history(study, hospital_id=h) for h in self.policy.hospitals
         }
-        # Each attempt at a round has its own instruction entry and nonces; a
-        # round_completed entry closes the latest attempt at its round, so an
-        # attempt cut short by a crash stays open even when a retry completes.
+        for hospital_id, attempts in self._open_attempts().items():
+            for _, _, dp in attempts:
+                histories.setdefault(hospital_id, []).append(dp)
+        return histories
+
+    def _open_attempts(self) -> dict[str, list[tuple[int, str, DPParameters]]]:
+        """Return, per hospital, the unsettled attempts at unfinished rounds.
+
+        Each attempt at a round has its own instruction entry and nonces, and a
+        round_completed entry closes the latest attempt at its round, so an
+        attempt cut short by a crash stays open even when a retry completes.
+        Each open attempt is (round, nonce, DP parameters).
+        """
+        study = self.policy.study_id
         attempts: list[dict[str, Any]] = []
         settled: set[tuple[int, str, str]] = set()
         for entry in self.ledger.entries():
@@ -302,7 +318,7 @@ class StudyRunner:
                     if attempt["round"] == payload["round"]:
                         attempt["completed"] = True
                         break
-            elif entry.kind in ("spend", "rejection"):
+            elif entry.kind in ("spend", "rejection", "reconciled_unspent"):
                 settled.add(
                     (
                         int(payload["round"]),
@@ -310,19 +326,111 @@ class StudyRunner:
                         str(payload["hospital_id"]),
                     )
                 )
+        open_attempts: dict[str, list[tuple[int, str, DPParameters]]] = {}
         for attempt in attempts:
             if attempt["completed"]:
                 continue
-            dp = DPParameters(**attempt["dp"])
             for hospital_id in attempt["hospitals"]:
-                key = (
-                    int(attempt["round"]),
-                    attempt["nonces"][hospital_id],
-                    hospital_id,
+                nonce = attempt["nonces"][hospital_id]
+                if (int(attempt["round"]), nonce, hospital_id) not in settled:
+                    open_attempts.setdefault(hospital_id, []).append(
+                        (int(attempt["round"]), nonce, DPParameters(**attempt["dp"]))
+                    )
+        return open_attempts
+
+    def reconcile_interrupted_rounds(self) -> None:
+        """Ask each hospital which open attempts it spent on, and settle them.
+
+        After a hub crash the ledger cannot tell whether a hospital trained in
+        the interrupted round, so that round counts as spent. A hospital's signed
+        answer settles it both ways: a spend it reports is recorded, a nonce it
+        did not spend on is voided at the agent (late copies are rejected) and
+        stops counting. A hospital that does not answer stays counted as spent.
+        """
+        open_attempts = {
+            h: a for h, a in self._open_attempts().items() if h in self.nodes
+        }
+        if not open_attempts:
+            return
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        wire.SPEND_STATUS: ConfigRecord(
+                            {
+                                "study_id": self.policy.study_id,
+                                "nonces": [nonce for _, nonce, _ in attempts],
+                            }
+                        )
+                    }
+                ),
+                dst_node_id=self.nodes[hospital_id],
+                message_type=wire.SPEND_STATUS_QUERY,
+            )
+            for hospital_id, attempts in open_attempts.items()
+        ]
+        by_node = {node: hospital for hospital, node in self.nodes.items()}
+        for reply in self._exchange(messages):
+            hospital_id = by_node.get(reply.metadata.src_node_id)
+            if hospital_id is None or not reply.has_content():
+                continue
+            result = _result_record(reply)
+            attempts = open_attempts[hospital_id]
+            queried = [nonce for _, nonce, _ in attempts]
+            try:
+                if result is None or result.get("status") != "ok":
+                    raise wire.MessageFieldError("no valid spend status")
+                spent = wire.field_str_list(result, "spent")
+                self.roster.hospital_key(hospital_id).verify(
+                    wire.field_bytes(result, "signature"),
+                    spend_status_message(
+                        self.policy.study_id, hospital_id, queried, spent
+                    ),
                 )
-                if key not in settled:
-                    histories.setdefault(hospital_id, []).append(dp)
-        return histories
+            except (wire.MessageFieldError, InvalidSignature) as error:
+                logger.warning("spend status of %s not usable: %s", hospital_id, error)
+                continue
+            self._settle_attempts(hospital_id, attempts, set(spent))
+
+    def _settle_attempts(
+        self,
+        hospital_id: str,
+        attempts: list[tuple[int, str, DPParameters]],
+        spent: set[str],
+    ) -> None:
+        for round_number, nonce, dp in attempts:
+            if nonce in spent:
+                history = self.histories().get(hospital_id, [])
+                epsilon = compute_epsilon(
+                    history, self.policy.delta, self.policy.accountant
+                )
+                self.ledger.record_spend(
+                    self.policy.study_id,
+                    round_number,
+                    nonce,
+                    dp,
+                    self.policy.accountant,
+                    self.policy.delta,
+                    epsilon,
+                    hospital_id=hospital_id,
+                )
+            else:
+                self.ledger.append(
+                    "reconciled_unspent",
+                    {
+                        "study_id": self.policy.study_id,
+                        "round": round_number,
+                        "nonce": nonce,
+                        "hospital_id": hospital_id,
+                    },
+                )
+            logger.info(
+                "round %d attempt %s: %s %s",
+                round_number,
+                nonce,
+                hospital_id,
+                "spent" if nonce in spent else "did not spend",
+            )
 
     def _resume_point(self) -> tuple[int, Parameters]:
         """Return the next round number and the global model to start it from."""
@@ -375,6 +483,7 @@ class StudyRunner:
                     budget=self.budget_table(),
                     aggregation=self.aggregation_name,
                 )
+        self.reconcile_interrupted_rounds()
         start, parameters = self._resume_point()
         if start == 1:
             self.ledger.append(

@@ -143,3 +143,17 @@ def identify_message(
         challenge,
     ]
     return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
+
+
+def spend_status_message(
+    study_id: str, hospital_id: str, queried: list[str], spent: list[str]
+) -> bytes:
+    """Return the bytes an agent signs to report which nonces it spent on."""
+    parts = [
+        b"healthfed spend status v1",
+        study_id.encode("utf-8"),
+        hospital_id.encode("utf-8"),
+        "\n".join(sorted(queried)).encode("utf-8"),
+        "\n".join(sorted(spent)).encode("utf-8"),
+    ]
+    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)

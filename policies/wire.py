@@ -17,6 +17,7 @@ from policies.models import PolicyError, TrainingConfig
 
 # Message types: Flower's "train", "evaluate" and "query" families.
 IDENTIFY = "query.identify"
+SPEND_STATUS_QUERY = "query.spend_status"
 TRAIN = "train"
 EVALUATE = "evaluate"
 SECAGG_ADVERTISE = "query.secagg_advertise"
@@ -27,6 +28,7 @@ SECAGG_UNMASK = "query.secagg_unmask"
 INSTRUCTION = "instruction"
 TRAINING = "training"
 EVALUATION = "evaluation"
+SPEND_STATUS = "spend_status"
 GLOBAL_MODEL = "global_model"
 UPDATE = "update"
 RESULT = "result"

@@ -37,7 +37,12 @@ from policies.identity import load_private_key
 from policies.ledger import Ledger, LedgerEntry
 from policies.models import HospitalPolicy, TrainingConfig, load_hospital_policy
 from policies.receipts import Receipt, sign_receipt
-from policies.roster import Roster, identify_message, load_roster
+from policies.roster import (
+    Roster,
+    identify_message,
+    load_roster,
+    spend_status_message,
+)
 from schemas import Schema, load_schema
 from schemas.encoding import FeatureEncoder
 from schemas.validation import validate_file
@@ -326,6 +331,12 @@ class SiloAgent:
             spend = self.ledger.find_spend(
                 instruction.study_id, instruction.round, instruction.nonce
             )
+            if spend is None and self._voided(instruction.study_id, instruction.nonce):
+                raise InstructionRejected(
+                    f"nonce {instruction.nonce} of round {instruction.round} was "
+                    "reported to the hub as never spent and is void",
+                    limit="voided",
+                )
             if spend is not None:
                 # Committed before a crash, and nothing was released: train again
                 # under the same spend, but only with the parameters it paid for.
@@ -349,6 +360,34 @@ class SiloAgent:
                 epsilon_after,
             )
             return epsilon_after
+
+    def spend_status(self, study_id: str, nonces: list[str]) -> tuple[list[str], bytes]:
+        """Report which of ``nonces`` this hospital spent on; void the others.
+
+        The hub asks after it restarted in the middle of a round. A nonce this
+        hospital never spent on is voided in the ledger first, so a late copy of
+        that instruction is rejected and the answer stays true. Returns the
+        spent nonces and an Ed25519 signature over the question and the answer.
+        """
+        with _exclusive_lock(self.config.state_dir / "spend.lock"):
+            spent = sorted(
+                str(entry.payload["nonce"])
+                for entry in self.ledger.spends(study_id)
+                if entry.payload["nonce"] in nonces
+            )
+            for nonce in sorted(set(nonces) - set(spent)):
+                if not self._voided(study_id, nonce):
+                    self.ledger.append("voided", {"study_id": study_id, "nonce": nonce})
+        message = spend_status_message(study_id, self.hospital_id, nonces, spent)
+        return spent, self._identity.sign(message)
+
+    def _voided(self, study_id: str, nonce: str) -> bool:
+        return any(
+            entry.kind == "voided"
+            and entry.payload["study_id"] == study_id
+            and entry.payload["nonce"] == nonce
+            for entry in self.ledger.entries()
+        )
 
     def _check_retry_matches(
         self, instruction: RoundInstruction, spend: LedgerEntry

@@ -185,6 +185,26 @@ def train(message: Message, context: Context) -> Message:
     return Message(RecordDict(records), reply_to=message)
 
 
+@app.query("spend_status")
+def spend_status(message: Message, context: Context) -> Message:
+    """Report which nonces of an interrupted round this hospital spent on."""
+    agent = get_agent(context)
+    try:
+        request = message.content.config_records[wire.SPEND_STATUS]
+        study_id = request.get("study_id")
+        if not isinstance(study_id, str):
+            raise wire.MessageFieldError("spend status needs a study id")
+        nonces = wire.field_str_list(request, "nonces")
+        spent, signature = agent.spend_status(study_id, nonces)
+    except (KeyError, wire.MessageFieldError) as error:
+        logger.warning(
+            "%s rejected the spend status query: %s", agent.hospital_id, error
+        )
+        return _rejection(message, str(error))
+    result = ConfigRecord({"status": "ok", "spent": spent, "signature": signature})
+    return Message(RecordDict({wire.RESULT: result}), reply_to=message)
+
+
 @app.query("secagg_advertise")
 def secagg_advertise(message: Message, context: Context) -> Message:
     """Create this study's secure-aggregation keys and return them signed."""

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from silo_agent.agent import SiloAgent
 from silo_agent.config import load_agent_config
 from tests.federation.conftest import edit_yaml
@@ -52,3 +54,43 @@ def test_agent_split_fixed_across_restarts(demo_federation: Path) -> None:
     assert (first.test_features == second.test_features).all()
     assert (first.test_labels == second.test_labels).all()
     assert len(first.test_labels) + len(first.train_labels) == 199
+
+
+def test_spend_status_voids_unspent_nonce(demo_federation: Path) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    from policies.architecture import initial_parameters
+    from policies.enforcement import InstructionRejected, RoundInstruction
+    from policies.models import load_study_policy
+    from policies.roster import spend_status_message
+
+    config = load_agent_config(demo_federation / "hospitals" / "va" / "agent.yaml")
+    agent = SiloAgent(config)
+    policy = load_study_policy(demo_federation / "study.yaml")
+
+    spent, signature = agent.spend_status(policy.study_id, ["e" * 32])
+
+    assert spent == []
+    public_key = load_pem_public_key(
+        (demo_federation / "hospitals" / "va" / "identity.pub").read_bytes()
+    )
+    public_key.verify(  # type: ignore[union-attr,call-arg]
+        signature, spend_status_message(policy.study_id, "va", ["e" * 32], [])
+    )
+    late = RoundInstruction(
+        study_id=policy.study_id,
+        round=1,
+        nonce="e" * 32,
+        schema_hash=agent.schema.content_hash,
+        accountant=policy.accountant,
+        delta=policy.delta,
+        dp=policy.dp_parameters(),
+        secure_aggregation=False,
+    )
+    training = policy.training
+    parameters = initial_parameters(
+        training.model, len(agent.encoder.feature_names), training.hidden_units, 0
+    )
+    with pytest.raises(InstructionRejected, match="void"):
+        agent.train(late, training, parameters)
+    assert agent.ledger.spends() == []

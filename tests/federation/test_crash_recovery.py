@@ -199,7 +199,9 @@ def test_hub_killed_between_rounds_resumes(demo_federation: Path) -> None:
     )
 
     assert resumed.returncode == 0
-    assert _completed_rounds(ledger_path) == [1, 2, 3]
+    completed = _completed_rounds(ledger_path)
+    assert completed[:2] == [1, 2]
+    assert len(completed) == len(set(completed))
     policy = load_study_policy(demo_federation / "study.yaml")
     report = json.loads(
         (
@@ -211,12 +213,16 @@ def test_hub_killed_between_rounds_resumes(demo_federation: Path) -> None:
         agent_spends = _agent_spends(demo_federation, hospital)
         keys = [(s["round"], s["nonce"]) for s in agent_spends]
         assert len(keys) == len(set(keys)), f"{hospital} recorded a spend twice"
-        assert len(keys) >= 3, f"{hospital} lost a spend"
-        # The hub never counts less than the agent spent: the round it was
-        # killed in counts as spent for every hospital it had instructed.
-        assert hub_budget[hospital]["rounds_joined"] >= len(keys)
+        assert len(keys) >= 2, f"{hospital} lost a spend"
+        # On restart the hub asked every hospital which attempts of the
+        # interrupted round it spent on, so both sides count the same spends.
+        assert hub_budget[hospital]["rounds_joined"] == len(keys)
         agent_epsilon = compute_epsilon(
             [policy.dp_parameters()] * len(keys), policy.delta, policy.accountant
         )
         assert agent_spends[-1]["epsilon_after"] == pytest.approx(agent_epsilon)
-        assert hub_budget[hospital]["epsilon"] >= agent_epsilon - 1e-12
+        assert hub_budget[hospital]["epsilon"] == pytest.approx(agent_epsilon)
+    if completed != [1, 2, 3]:
+        # Hospitals that trained in the interrupted attempt used their third
+        # planned round there, so the study ends early and says why.
+        assert "planned rounds" in report["stop_reason"]
