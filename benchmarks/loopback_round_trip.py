@@ -26,10 +26,8 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 
 from federation_hub.credentials import create_federation_credentials  # noqa: E402
-from federation_hub.deployment import (  # noqa: E402
-    NO_PHONE_HOME_ENVIRONMENT,
-    LoopbackDeployment,
-)
+from federation_hub.deployment import LoopbackDeployment  # noqa: E402
+from policies.environment import NO_PHONE_HOME_ENVIRONMENT  # noqa: E402
 
 PROBE_APP = REPOSITORY / "tests" / "deployment" / "probe_app"
 

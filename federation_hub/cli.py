@@ -10,10 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from federation_hub.simulation import apply_private_environment
+from policies.environment import apply_no_phone_home_environment
 
 # Flower reads these when it is imported, so they are set before any import of it.
-apply_private_environment()
+apply_no_phone_home_environment()
 
 from federation_hub import report  # noqa: E402
 from federation_hub.audit_command import audit  # noqa: E402

@@ -38,6 +38,7 @@ from typing import IO
 from pydantic import BaseModel, ConfigDict
 
 from federation_hub.credentials import FederationCredentials, HospitalCredentials
+from policies.environment import NO_PHONE_HOME_ENVIRONMENT
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONNECTION_NAME = "healthfed"
 """Name of the SuperLink connection in the private FLWR_HOME/config.toml."""
 
-NO_PHONE_HOME_ENVIRONMENT: Mapping[str, str] = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
-"""Set for every process started here: Flower 1.42 and Ray contact outside hosts
-otherwise, and the SuperLink would install app dependencies with `uv sync`."""
 
 DEPLOYMENT_MARKER_VARIABLE = "HEALTHFED_DEPLOYMENT_ID"
 """Environment variable inherited by every descendant process. Shutdown ends

@@ -22,24 +22,10 @@ from federation_hub.config import load_hub_config
 from federation_hub.report import write_study_report
 from federation_hub.server_app import FEDERATION_DIR_ENV
 from federation_hub.study import ProgressCallback, StudyResult, StudyRunner
+from policies.environment import apply_no_phone_home_environment
 from policies.roster import load_roster
 
 logger = logging.getLogger(__name__)
-
-# Flower 1.42 reports telemetry and checks for updates, Ray reports usage
-# statistics, and a SuperLink installs app dependencies from the package index,
-# all by default. healthfed reaches no host but its own federation.
-PRIVATE_ENVIRONMENT = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
-
-
-def apply_private_environment() -> None:
-    """Turn off every outside connection of Flower and Ray in this process."""
-    os.environ.update(PRIVATE_ENVIRONMENT)
 
 
 class StudyFailedError(RuntimeError):
@@ -50,7 +36,7 @@ def run_simulation_study(
     federation_dir: Path, progress: ProgressCallback | None = None
 ) -> StudyResult:
     """Run the study of ``federation_dir`` with one virtual node per hospital."""
-    apply_private_environment()
+    apply_no_phone_home_environment()
     # Imported after the environment is set: importing Flower's simulation
     # package does not start Ray, but keeping the order makes that irrelevant.
     from flwr.simulation import run_simulation

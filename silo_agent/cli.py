@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import typer
 
+from policies.environment import apply_no_phone_home_environment
+
 # Flower reads these when it is imported: no process of the agent reaches an
 # outside host.
-os.environ.update(
-    {
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
-)
+apply_no_phone_home_environment()
 
 from schemas.commands import check_schema, export_json_schema  # noqa: E402
 from silo_agent.budget_command import budget, verify_ledger  # noqa: E402

@@ -27,12 +27,12 @@ from federation_hub.credentials import (
 from federation_hub.demo import create_demo_federation
 from federation_hub.deployment import (
     DEPLOYMENT_MARKER_VARIABLE,
-    NO_PHONE_HOME_ENVIRONMENT,
     DeploymentError,
     LoopbackDeployment,
     RunFailedError,
 )
 from federation_hub.report import REPORT_FILE
+from policies.environment import NO_PHONE_HOME_ENVIRONMENT
 
 pytestmark = pytest.mark.deployment
 
