@@ -68,8 +68,9 @@ def load_hub_config(federation_dir: str | Path) -> HubConfig:
         document: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise HubConfigError(
-            f"{path} not found; create the federation folder with `federation-hub "
-            "init` or `federation-hub demo --setup-only`"
+            f"{path} not found; write it next to the study policy, schema and "
+            "roster (docs/operator.md shows its keys), or create a complete "
+            "example folder with `federation-hub demo --setup-only --dir DIR`"
         ) from None
     except (OSError, yaml.YAMLError) as error:
         raise HubConfigError(f"cannot read {path}: {error}") from None
