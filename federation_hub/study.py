@@ -34,7 +34,7 @@ from federation_hub.secure_rounds import (
 )
 from policies import wire
 from policies.accounting import compute_epsilon
-from policies.architecture import initial_parameters
+from policies.architecture import initial_parameters, parameters_l2_norm
 from policies.enforcement import RoundInstruction, StudyStopped, select_hospitals
 from policies.identity import load_private_key
 from policies.ledger import Ledger
@@ -79,7 +79,7 @@ class StudyInterrupted(RuntimeError):
 
 @dataclass
 class RoundOutcome:
-    """What happened in one round, as shown to the operator and stored in the ledger."""
+    """The outcome of one round, as shown to the operator and stored in the ledger."""
 
     round: int
     selected: list[str]
@@ -89,7 +89,7 @@ class RoundOutcome:
     dropped: list[str] = field(default_factory=list)
     flagged: dict[str, str] = field(default_factory=dict)
     aborted: str = ""
-    """Why the round's aggregation was aborted; empty when it completed."""
+    """Reason the round's aggregation was aborted; empty when it completed."""
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     mean_accuracy: float = math.nan
     mean_roc_auc: float = math.nan
@@ -238,7 +238,7 @@ class StudyRunner:
                 continue
             if hospital_id in self.nodes:
                 logger.warning(
-                    "hospital %s answered from two nodes; keeping the first",
+                    "hospital %s replied from two nodes; keeping the first",
                     hospital_id,
                 )
                 continue
@@ -585,7 +585,7 @@ class StudyRunner:
                 error = None if reply is None else reply.error
                 outcome.dropped.append(hospital_id)
                 logger.warning(
-                    "round %d: %s did not answer (%s)", round_number, hospital_id, error
+                    "round %d: %s did not reply (%s)", round_number, hospital_id, error
                 )
                 self._record_spend(hospital_id, instruction, histories, confirmed=False)
                 continue
@@ -731,13 +731,9 @@ class StudyRunner:
                     f"{np.shape(parameters[name])}"
                 )
             if not np.all(np.isfinite(values)):
-                raise ValueError(f"update {name!r} holds NaN or infinite values")
+                raise ValueError(f"update {name!r} contains NaN or infinite values")
             delta[name] = values
-        norm = float(
-            np.sqrt(
-                sum(float(np.sum(v.astype(np.float64) ** 2)) for v in delta.values())
-            )
-        )
+        norm = parameters_l2_norm(delta)
         clip = self.policy.training.update_clip_norm
         if norm > clip * (1 + 1e-6):
             raise ValueError(f"update L2 norm {norm:.6g} exceeds the clip norm {clip}")
@@ -768,9 +764,7 @@ class StudyRunner:
             return parameters
         survivors = len(self.secure.session.survivors) or len(masked_inputs)
         clip = self.policy.training.update_clip_norm
-        norm = float(
-            np.sqrt(sum(float(np.sum(np.square(v))) for v in weighted_sum.values()))
-        )
+        norm = parameters_l2_norm(weighted_sum)
         if not (1 <= total_weight <= survivors * MAX_WEIGHT) or not (
             math.isfinite(norm) and norm <= clip * total_weight * (1 + 1e-6)
         ):
@@ -966,7 +960,7 @@ class StudyRunner:
             except wire.MessageFieldError as error:
                 logger.warning("evaluation reply of %s: %s", hospital_id, error)
                 continue
-            # ROC AUC is NaN where a test split holds one class; nothing else may be.
+            # ROC AUC is NaN where a test split has one class; nothing else may be.
             if not all(
                 0.0 <= value <= 1.0 or (name == "roc_auc" and math.isnan(value))
                 for name, value in values.items()

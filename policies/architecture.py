@@ -67,3 +67,15 @@ def initial_parameters(
         name: tensor.detach().cpu().numpy().astype(np.float32, copy=True)
         for name, tensor in model.state_dict().items()
     }
+
+
+def parameters_l2_norm(parameters: dict[str, NDArray[np.floating]]) -> float:
+    """Return the L2 norm of all named arrays taken as one vector, in float64."""
+    return float(
+        np.sqrt(
+            sum(
+                float(np.sum(np.asarray(v, dtype=np.float64) ** 2))
+                for v in parameters.values()
+            )
+        )
+    )

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
 
-from policies.architecture import build_model
+from policies.architecture import build_model, parameters_l2_norm
 from policies.enforcement import (
     InstructionRejected,
     RoundInstruction,
@@ -165,9 +165,7 @@ def clip_delta(delta: Parameters, clip_norm: float) -> tuple[Parameters, float, 
 
     Returns the clipped delta, the norm before clipping and whether it was scaled.
     """
-    norm = float(
-        np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in delta.values()))
-    )
+    norm = parameters_l2_norm(delta)
     if norm <= clip_norm:
         return delta, norm, False
     scale = clip_norm / norm

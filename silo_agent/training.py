@@ -73,7 +73,9 @@ def load_parameters(model: torch.nn.Module, parameters: Parameters) -> None:
                 "must use the same study model and schema"
             )
         if not np.all(np.isfinite(parameters[name])):
-            raise ValueError(f"global parameter {name!r} holds NaN or infinite values")
+            raise ValueError(
+                f"global parameter {name!r} contains NaN or infinite values"
+            )
     model.load_state_dict(
         {
             name: torch.from_numpy(np.asarray(value))
