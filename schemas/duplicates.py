@@ -6,6 +6,12 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
+from pandas._libs.hashtable import (
+    Int64HashTable,
+    Int64Vector,
+    ObjectVector,
+    PyObjectHashTable,
+)
 
 from schemas.checks import ColumnCheck, check_column
 from schemas.model import Schema
@@ -15,17 +21,24 @@ from schemas.reading import Chunk
 class DuplicateTracker:
     """Find rows of a patient already seen, across every chunk of the file.
 
-    With ``keep_first``, a map from patient key to the line of its first row grows
-    chunk by chunk. With ``quarantine_all``, a first pass over the file counts
-    each patient's rows before validation starts. ``chunks`` returns a new
-    iterator over the file's chunks and is called only for that first pass.
+    With ``keep_first``, the line of each patient's first row is remembered chunk
+    by chunk. With ``quarantine_all``, a first pass over the file counts each
+    patient's rows before validation starts. ``chunks`` returns a new iterator
+    over the file's chunks and is called only for that first pass.
+    ``expected_rows`` sizes the table of row hashes up front; an estimate will
+    do, since the table grows as needed.
     """
 
-    def __init__(self, schema: Schema, chunks: Callable[[], Iterator[Chunk]]) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        chunks: Callable[[], Iterator[Chunk]],
+        expected_rows: int | None = None,
+    ) -> None:
         self.unit = schema.privacy_unit
-        # Keys of patients seen in earlier chunks (disjoint hash indexes) and the
-        # line of each patient's first row.
-        self._seen: list[tuple[pd.Index, np.ndarray]] = []
+        self._first_seen = _FirstLines(
+            hashed=self.unit.patient_id_column is None, expected_rows=expected_rows
+        )
         self._counts: pd.DataFrame | None = None
         if self.unit.on_duplicate == "quarantine_all":
             self._counts = count_patient_rows(schema, chunks())
@@ -37,31 +50,24 @@ class DuplicateTracker:
         eligible: np.ndarray,
     ) -> tuple[np.ndarray, pd.Series]:
         """Return the duplicate mask and each row's reason text."""
-        keys = patient_keys(checks, self.unit.patient_id_column)
-        eligible = eligible & keys.notna().to_numpy()
+        keys, usable = patient_keys(checks, self.unit.patient_id_column)
+        eligible = eligible & usable
         if self._counts is not None:
             return self._check_all(keys, eligible)
         return self._check_first(keys, lines, eligible)
 
     def _check_first(
-        self, keys: pd.Series, lines: np.ndarray, eligible: np.ndarray
+        self, keys: np.ndarray, lines: np.ndarray, eligible: np.ndarray
     ) -> tuple[np.ndarray, pd.Series]:
         positions = np.flatnonzero(eligible)
-        codes, uniques = pd.factorize(keys.to_numpy()[positions])
-        # pd.factorize numbers keys in order of first appearance, so a row is
-        # its key's first row exactly where its code exceeds every earlier code.
-        highest = np.maximum.accumulate(codes)
-        first_seen = np.ones(len(codes), dtype=bool)
-        first_seen[1:] = highest[1:] > highest[:-1]
-        first_line = np.empty(len(uniques), dtype=np.int64)
-        first_line[codes[first_seen]] = lines[positions[first_seen]]
-        earlier = self._lookup_earlier(uniques, first_line)
-        self._remember(uniques[~earlier], first_line[~earlier])
-        row_first = first_line[codes]
-        is_duplicate = row_first != lines[positions]
+        own_lines = lines[positions]
+        row_first = self._first_seen.first_lines(keys[positions], own_lines)
+        is_duplicate = row_first != own_lines
         mask = np.zeros(len(keys), dtype=bool)
         mask[positions[is_duplicate]] = True
         texts = pd.Series(np.full(len(keys), "", dtype=object), dtype=object)
+        if not is_duplicate.any():
+            return mask, texts
         label = (
             "duplicate of line "
             if self.unit.patient_id_column is None
@@ -72,38 +78,11 @@ class DuplicateTracker:
         ).to_numpy()
         return mask, texts
 
-    def _lookup_earlier(self, keys: np.ndarray, first_line: np.ndarray) -> np.ndarray:
-        """Mark keys seen in earlier chunks and copy their first line in place."""
-        earlier = np.zeros(len(keys), dtype=bool)
-        for seen_keys, seen_lines in self._seen:
-            found = seen_keys.get_indexer(keys)
-            hit = found >= 0
-            first_line[hit] = seen_lines[found[hit]]
-            earlier |= hit
-        return earlier
-
-    def _remember(self, keys: np.ndarray, first_line: np.ndarray) -> None:
-        """Add keys not seen before as a new level, merging levels of equal size.
-
-        The levels form a log-structured merge: each key is copied O(log chunks)
-        times, and a lookup probes O(log chunks) hash indexes.
-        """
-        self._seen.append((pd.Index(keys), first_line))
-        while len(self._seen) > 1 and len(self._seen[-1][0]) >= len(self._seen[-2][0]):
-            newer_keys, newer_lines = self._seen.pop()
-            older_keys, older_lines = self._seen.pop()
-            self._seen.append(
-                (
-                    older_keys.append(newer_keys),
-                    np.concatenate([older_lines, newer_lines]),
-                )
-            )
-
     def _check_all(
-        self, keys: pd.Series, eligible: np.ndarray
+        self, keys: np.ndarray, eligible: np.ndarray
     ) -> tuple[np.ndarray, pd.Series]:
         assert self._counts is not None
-        table = pd.DataFrame({"key": keys.to_numpy()})[eligible]
+        table = pd.DataFrame({"key": keys})[eligible]
         joined = table.join(self._counts, on="key")
         shared = (joined["rows"] > 1).to_numpy()
         mask = np.zeros(len(keys), dtype=bool)
@@ -119,75 +98,116 @@ class DuplicateTracker:
         return mask, texts
 
 
-def patient_keys(checks: dict[str, ColumnCheck], id_column: str | None) -> pd.Series:
-    """Return each row's patient key: its id, or a hash of all its values.
+class _FirstLines:
+    """The line of each key's first row, in one hash table for the whole file.
 
-    A row without a usable id gets a missing key and takes no part in the search.
+    ``get_labels`` numbers keys in order of first appearance and remembers the
+    numbers across calls, so each key costs one hash lookup. The tables are
+    those behind pandas' own factorize; they are not public API, so the tests of
+    duplicate rows are what guard an upgrade of pandas. For row hashes, a table
+    sized from the expected rows takes about 50 ms per million rows, and one
+    grown from small about 100 ms.
+    """
+
+    _MAX_SIZE_HINT = 4_000_000
+
+    def __init__(self, hashed: bool, expected_rows: int | None) -> None:
+        hint = min(max(expected_rows or 0, 1024), self._MAX_SIZE_HINT)
+        self._hashed = hashed
+        self._table = Int64HashTable(hint) if hashed else PyObjectHashTable(hint)
+        self._count = 0
+        self._first = np.empty(hint, dtype=np.int64)
+
+    def first_lines(self, keys: np.ndarray, lines: np.ndarray) -> np.ndarray:
+        """Return the first line of each key, remembering keys not seen before."""
+        if self._hashed:
+            keys = np.ascontiguousarray(keys).view(np.int64)
+            vector: Int64Vector | ObjectVector = Int64Vector()
+        else:
+            keys = np.asarray(keys, dtype=object)
+            vector = ObjectVector()
+        labels = np.asarray(
+            self._table.get_labels(keys, vector, count_prior=self._count), np.int64
+        )
+        # New keys get the numbers from self._count upwards in order of first
+        # appearance, so a row is its key's first exactly where its number is
+        # new and above every earlier number.
+        fresh = labels >= self._count
+        if len(labels) > 1:
+            highest = np.maximum.accumulate(labels)
+            fresh[1:] &= highest[1:] > highest[:-1]
+        added = int(np.count_nonzero(fresh))
+        if self._count + added > len(self._first):
+            grown = np.empty(max(2 * len(self._first), self._count + added), np.int64)
+            grown[: self._count] = self._first[: self._count]
+            self._first = grown
+        self._first[labels[fresh]] = lines[fresh]
+        self._count += added
+        first = lines.astype(np.int64, copy=True)
+        repeated = np.flatnonzero(~fresh)
+        first[repeated] = self._first[labels[repeated]]
+        return first
+
+
+def patient_keys(
+    checks: dict[str, ColumnCheck], id_column: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return each row's patient key, its id or a hash of all its values, and
+    whether the key is usable.
+
+    A row without a usable id takes no part in the search.
     """
     if id_column is not None:
         check = checks[id_column]
-        return check.values.where(~check.missing & ~check.invalid, None).reset_index(
-            drop=True
-        )
+        usable = ~check.missing & ~check.invalid
+        values = check.values.astype(object, copy=False)
+        return np.where(usable, values, None), usable
     # NOTE: rows are compared by a 64-bit hash of their typed values. A hash
     # collision between different rows quarantines the later one as a duplicate,
-    # which loses a row but never admits a second row of a patient.
-    return pd.Series(row_hashes([check.values for check in checks.values()]))
-
-
-def row_hashes(columns: list[pd.Series]) -> np.ndarray:
-    """Combine per-column 64-bit hashes into one hash per row.
-
-    The combination equals pandas' ``hash_pandas_object`` (pandas 3.1), whose
-    source describes it as CPython's tuple hash: xor, then multiply by a
-    multiplier that changes per position, so column order matters.
-    """
-    rows = len(columns[0]) if columns else 0
-    combined = np.full(rows, 0x345678, dtype=np.uint64)
-    multiplier = np.uint64(1000003)
-    hashed = np.empty(rows, dtype=np.uint64)
-    scratch = np.empty(rows, dtype=np.uint64)
-    for position, series in enumerate(columns):
-        values = series.to_numpy()
-        if values.dtype == np.float64:
-            _hash_floats(values, hashed, scratch)
-            combined ^= hashed
-        else:
-            combined ^= pd.util.hash_array(values)
-        combined *= multiplier
-        multiplier += np.uint64(82520 + 2 * (len(columns) - position))
-    combined += np.uint64(97531)
-    return combined
+    # which loses a row but never admits a second row of a patient. With random
+    # 64-bit hashes, a million rows collide with probability about 3e-8.
+    hashes = row_hashes([check.values for check in checks.values()])
+    return hashes, np.ones(len(hashes), dtype=bool)
 
 
 _NAN_BITS = np.array(np.nan, dtype=np.float64).view(np.uint64)
-_NEGATIVE_ZERO_BITS = np.array(-0.0, dtype=np.float64).view(np.uint64)
+# Odd 64-bit multipliers, one per column position (cycled): the golden-ratio
+# constant and splitmix64's two mixing constants.
+_MULTIPLIERS = (
+    np.uint64(0x9E3779B97F4A7C15),
+    np.uint64(0xBF58476D1CE4E5B9),
+    np.uint64(0x94D049BB133111EB),
+)
 
 
-def _hash_floats(values: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
-    """Write ``pd.util.hash_array(values)`` of float64 values into ``out``.
+def row_hashes(columns: list[np.ndarray]) -> np.ndarray:
+    """Return a 64-bit hash of each row's values, equal for equal rows.
 
-    The steps are those of pandas 3.1's ``_hash_ndarray``: every NaN and -0.0
-    get one bit pattern, so that equal values hash equal, then three shift-xor
-    and two multiply steps mix the bits. Working in place, with ``scratch`` for
-    the shifts, avoids the temporary arrays that pandas allocates at each step.
+    Float columns are hashed by their bits, with every NaN one bit pattern and
+    -0.0 equal to 0.0; other columns by ``pd.util.hash_array``. Each column is
+    folded in by xor, an odd multiplier and a 32-bit shift-xor, so that the high
+    bits where small whole numbers differ reach every bit of the hash. Column
+    order matters.
     """
-    np.copyto(out, values.view(np.uint64))
-    nan = np.isnan(values)
-    if nan.any():
-        out[nan] = _NAN_BITS
-    negative_zero = out == _NEGATIVE_ZERO_BITS
-    if negative_zero.any():
-        out[negative_zero] = 0
-    for shift, multiplier in (
-        (30, np.uint64(0xBF58476D1CE4E5B9)),
-        (27, np.uint64(0x94D049BB133111EB)),
-    ):
-        np.right_shift(out, shift, out=scratch)
-        out ^= scratch
-        out *= multiplier
-    np.right_shift(out, 31, out=scratch)
-    out ^= scratch
+    rows = len(columns[0]) if columns else 0
+    combined = np.zeros(rows, dtype=np.uint64)
+    bits = np.empty(rows, dtype=np.float64)
+    scratch = np.empty(rows, dtype=np.uint64)
+    for position, values in enumerate(columns):
+        if values.dtype == np.float64:
+            # Adding 0.0 turns -0.0 into 0.0 and keeps every other value.
+            np.add(values, 0.0, out=bits)
+            nan = np.isnan(bits)
+            word = bits.view(np.uint64)
+            if nan.any():
+                word[nan] = _NAN_BITS
+            combined ^= word
+        else:
+            combined ^= pd.util.hash_array(values)
+        combined *= _MULTIPLIERS[position % len(_MULTIPLIERS)]
+        np.right_shift(combined, 32, out=scratch)
+        combined ^= scratch
+    return combined
 
 
 def count_patient_rows(schema: Schema, chunks: Iterator[Chunk]) -> pd.DataFrame:
@@ -201,7 +221,7 @@ def count_patient_rows(schema: Schema, chunks: Iterator[Chunk]) -> pd.DataFrame:
         usable = ~check.missing & ~check.invalid
         parts.append(
             pd.DataFrame(
-                {"key": check.values.to_numpy()[usable], "line": chunk.lines[usable]}
+                {"key": check.values[usable], "line": chunk.lines[usable]}
             )
         )
     if not parts:

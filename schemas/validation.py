@@ -237,6 +237,7 @@ def validate_frame(
         header=True,
         file_columns=columns,
         extra_columns=tuple(c for c in columns if c not in schema.column_names),
+        estimated_rows=len(frame),
         frame=frame,
     )
     _require_columns(source, schema)
@@ -295,8 +296,12 @@ def _chunks(
     if source.kind == "frame":
         return iter_frame_chunks(source, schema, options.chunk_rows)
     if source.kind == "parquet":
-        return prefetch(iter_parquet_chunks(source, schema, options.chunk_rows))
-    return prefetch(iter_csv_chunks(source, schema, options.chunk_rows))
+        return prefetch(
+            iter_parquet_chunks(source, schema, options.chunk_rows), "chunk-prefetch"
+        )
+    return prefetch(
+        iter_csv_chunks(source, schema, options.chunk_rows), "chunk-prefetch"
+    )
 
 
 class _QuarantineWriter:
@@ -365,7 +370,11 @@ def _run(
         ],
         columns={name: ColumnCounts() for name in schema.column_names},
     )
-    duplicates = DuplicateTracker(schema, lambda: _chunks(source, schema, options))
+    duplicates = DuplicateTracker(
+        schema,
+        lambda: _chunks(source, schema, options),
+        expected_rows=source.estimated_rows,
+    )
     writer = _QuarantineWriter(Path(quarantine_path) if quarantine_path else None)
     line_reader = LineReader(source.text_path) if source.kind == "csv" else None
     accepted = _AcceptedRows(schema, expected_rows) if keep_accepted else None
@@ -543,7 +552,7 @@ def _validate_chunk(
         if column.name in frame.columns:
             checks[column.name] = check_column(frame[column.name], column, schema)
         else:
-            checks[column.name] = check_absent_column(rows, frame.index)
+            checks[column.name] = check_absent_column(rows)
         report.columns[column.name].add(
             checks[column.name], column.missing.action == "impute"
         )
@@ -577,7 +586,7 @@ def _validate_chunk(
 
     if accepted is not None:
         accepted.append(
-            {name: check.values.to_numpy() for name, check in checks.items()},
+            {name: check.values for name, check in checks.items()},
             ~quarantined,
             chunk.lines,
         )
@@ -610,11 +619,11 @@ def _require_mapped_labels(
     mapped_keys = list(schema.label.mapping)
     present = ~check.missing & ~unmapped
     if all(isinstance(key, int) for key in mapped_keys):
-        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        numbers = np.asarray(pd.to_numeric(values, errors="coerce"), dtype=np.float64)
         unmapped = unmapped | (present & ~np.isin(numbers, mapped_keys))
     else:
         keys = [str(key) for key in mapped_keys]
-        unmapped = unmapped | (present & ~values.astype(str).isin(keys).to_numpy())
+        unmapped = unmapped | (present & ~np.isin(values.astype(str), keys))
     if unmapped.any():
         first = int(lines[np.flatnonzero(unmapped)[0]])
         raise LabelMappingError(
