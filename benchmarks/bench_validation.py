@@ -13,11 +13,11 @@ Run: ``.venv/bin/python benchmarks/bench_validation.py [--rows N] [--repeats R]`
 from __future__ import annotations
 
 import argparse
-import warnings
 import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 

@@ -30,8 +30,9 @@ class ColumnCheck:
 
     ``values`` is a NumPy array: float64 for numbers, codes and booleans,
     datetime64 for dates, objects for text. It contains NaN (or NaT, or None for
-    text) wherever the value is missing or failed a check. The masks are disjoint except ``implausible``, which is a
-    warning on values that passed every other check.
+    text) wherever the value is missing or failed a check. The masks are
+    disjoint except ``implausible``, which is a warning on values that passed
+    every other check.
     """
 
     values: np.ndarray
@@ -80,8 +81,18 @@ def check_absent_column(length: int) -> ColumnCheck:
 
 
 def _numeric_markers(column: Column, schema: Schema) -> list[float]:
-    markers = [*schema.missing_values, *column.missing_values]
-    return [float(m) for m in markers if isinstance(m, int | float)]
+    """Return the markers that stand for a missing number, as floats.
+
+    A text marker that reads as a number ("999") counts too, because pandas
+    parses a cell such as " 999" as the number before any text comparison.
+    """
+    numbers = []
+    for marker in (*schema.missing_values, *column.missing_values):
+        if isinstance(marker, int | float):
+            numbers.append(float(marker))
+        elif re.fullmatch(_NUMBER_PATTERN, marker.strip()):
+            numbers.append(float(marker))
+    return numbers
 
 
 def _text_markers(column: Column, schema: Schema) -> set[str]:
@@ -151,9 +162,7 @@ def _parse_text_numbers(
     # Most cells are plain digits, at most 18 of them: they fit int64 and need
     # neither trimming nor the regular expression, which costs 25 times more.
     plain = pc.fill_null(
-        pc.and_(
-            pc.ascii_is_decimal(array), pc.less_equal(pc.binary_length(array), 18)
-        ),
+        pc.and_(pc.ascii_is_decimal(array), pc.less_equal(pc.binary_length(array), 18)),
         False,
     )
     integers = pc.cast(pc.if_else(plain, array, None), pa.int64())
@@ -170,11 +179,6 @@ def _parse_text_numbers(
         if text_markers:
             hits = pc.is_in(other_text, value_set=pa.array(sorted(text_markers)))
             marked[others] = hits.to_numpy(zero_copy_only=False)
-    if any(marker.isdecimal() for marker in text_markers):
-        hits = pc.is_in(array, value_set=pa.array(sorted(text_markers)))
-        plain_markers = np.asarray(hits.to_numpy(zero_copy_only=False), dtype=bool)
-        marked |= plain_markers
-        values[plain_markers] = np.nan
     return values, marked
 
 
@@ -212,7 +216,9 @@ def _check_numeric(raw: pd.Series, column: Column, schema: Schema) -> ColumnChec
     NaN is false, so range checks need no mask.
     """
     string_markers = {
-        m for m in (*schema.missing_values, *column.missing_values) if isinstance(m, str)
+        m
+        for m in (*schema.missing_values, *column.missing_values)
+        if isinstance(m, str)
     }
     values, missing, wrong, integral = _parse_numbers(raw, string_markers)
     markers = _numeric_markers(column, schema)
@@ -268,7 +274,7 @@ def _isin(values: np.ndarray, candidates: list[float]) -> np.ndarray:
         return np.zeros(len(values), dtype=bool)
     if len(candidates) > 16:
         return np.isin(values, np.array(candidates, dtype=np.float64))
-    found = values == candidates[0]
+    found: np.ndarray = np.equal(values, candidates[0])
     for candidate in candidates[1:]:
         found |= values == candidate
     return found

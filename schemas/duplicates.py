@@ -152,16 +152,17 @@ class _FirstLines:
 def patient_keys(
     checks: dict[str, ColumnCheck], id_column: str | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return each row's patient key, its id or a hash of all its values, and
-    whether the key is usable.
+    """Return each row's patient key and whether it is usable.
 
-    A row without a usable id takes no part in the search.
+    The key is the patient id, or without one a hash of all the row's values. A
+    row without a usable id takes no part in the search.
     """
     if id_column is not None:
         check = checks[id_column]
         usable = ~check.missing & ~check.invalid
-        values = check.values.astype(object, copy=False)
-        return np.where(usable, values, None), usable
+        keys = check.values.astype(object)
+        keys[~usable] = None
+        return keys, usable
     # NOTE: rows are compared by a 64-bit hash of their typed values. A hash
     # collision between different rows quarantines the later one as a duplicate,
     # which loses a row but never admits a second row of a patient. With random
@@ -220,9 +221,7 @@ def count_patient_rows(schema: Schema, chunks: Iterator[Chunk]) -> pd.DataFrame:
         check = check_column(chunk.frame[id_column], column, schema)
         usable = ~check.missing & ~check.invalid
         parts.append(
-            pd.DataFrame(
-                {"key": check.values[usable], "line": chunk.lines[usable]}
-            )
+            pd.DataFrame({"key": check.values[usable], "line": chunk.lines[usable]})
         )
     if not parts:
         return pd.DataFrame(columns=["rows", "first"])

@@ -453,3 +453,80 @@ def test_late_non_utf8_byte(heart, tmp_path):
         validate_file(path, heart)
     result = validate_file(path, heart, options=CsvOptions(encoding="latin-1"))
     assert result.accepted_rows == 3_000
+
+
+def test_spaces_after_delimiters(heart, tmp_path):
+    spaced = "63, 1, 1, 145, ?, 1, 2, 150, 0, 2.3, 3, 0, 6, 0"
+    path = write(tmp_path, f"{HEADER}\n{spaced}\n{GOOD}\n")
+    result = validate_file(path, heart)
+    assert result.accepted_rows == 2
+    assert result.report.columns["chol"].missing == 1
+    assert result.report.columns["chol"].wrong_type == 0
+    assert result.accepted.loc[3, "oldpeak"] == 2.3
+
+
+def test_quoted_fields_after_spaces(icu, tmp_path):
+    quoted = icu_row("P000002").replace(",", ', "', 1).replace(",", '",', 2)
+    quoted = quoted.replace('",', ",", 1)
+    assert quoted.startswith('P000002, "')
+    path = write(
+        tmp_path, ICU_HEADER + "\n" + icu_row("P000001") + "\n" + quoted + "\n"
+    )
+    result = validate_file(path, icu)
+    assert result.accepted_rows == 2
+    assert (
+        result.accepted.loc[3, "admitted_on"] == result.accepted.loc[2, "admitted_on"]
+    )
+
+
+def test_padded_marker_after_the_sample(heart, tmp_path):
+    # The first 64 KiB have no space after a delimiter, so pandas does not skip
+    # spaces; the padded marker and the word reach the check as text.
+    rows = [
+        GOOD.replace(",233,", f",{200 + i % 300},").replace(
+            ",150,", f",{100 + i // 300},"
+        )
+        for i in range(3_000)
+    ]
+    rows[2_500] = GOOD.replace(",233,", ", ? ,")
+    rows[2_600] = GOOD.replace(",233,", ",high,")
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    assert path.stat().st_size > 64 * 1024
+    result = validate_file(path, heart)
+    assert result.report.columns["chol"].missing == 1
+    assert result.report.columns["chol"].wrong_type == 1
+    assert result.quarantined_rows == 1
+
+
+def test_text_marker_that_reads_as_a_number(heart, tmp_path):
+    columns = tuple(
+        column.model_copy(update={"missing_values": ("999",)})
+        if column.name == "trestbps"
+        else column
+        for column in heart.columns
+    )
+    schema = heart.model_copy(update={"columns": columns})
+    rows = [GOOD, GOOD.replace(",145,", ", 999,"), GOOD.replace(",145,", ",999,")]
+    path = write(tmp_path, "\n".join(rows) + "\n")
+    result = validate_file(path, schema)
+    assert result.report.columns["trestbps"].missing == 2
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"], ids=["lf", "crlf"])
+@pytest.mark.parametrize("final_newline", [True, False], ids=["final", "no-final"])
+def test_quarantined_rows_across_line_blocks(
+    heart, tmp_path, monkeypatch, ending, final_newline
+):
+    # Blocks of 100 bytes put line ends at every position relative to a block.
+    monkeypatch.setattr("schemas.reading._BLOCK_BYTES", 100)
+    rows = [GOOD.replace(",150,", f",{100 + i},") for i in range(60)]
+    for line in (1, 7, 8, 30, 59, 60):
+        rows[line - 1] = rows[line - 1].replace(",1,1,", ",1,9,")
+    text = ending.join(rows) + (ending if final_newline else "")
+    path = write(tmp_path, text)
+    quarantine = tmp_path / "q.csv"
+    result = validate_file(path, heart, quarantine)
+    assert result.total_rows == 60
+    written = quarantine_rows(quarantine)
+    assert written["line"].tolist() == ["1", "7", "8", "30", "59", "60"]
+    assert written["row"].tolist() == [rows[n - 1] for n in (1, 7, 8, 30, 59, 60)]
