@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from charset_normalizer import from_bytes
 
+from schemas import kernels
 from schemas.errors import EmptyCohortError, UnreadableFileError
 from schemas.model import (
     BooleanColumn,
@@ -543,7 +544,7 @@ class LineReader:
 
     def __init__(self, path: Path) -> None:
         self._blocks = prefetch(_indexed_blocks(path), name="line-index")
-        self._block = b""
+        self._block: bytes | bytearray = b""
         self._ends = np.zeros(0, dtype=np.int64)
         self._first_line = 1
         self._exhausted = False
@@ -589,7 +590,7 @@ class LineReader:
             block = self._block
             # Slicing bytes is the only per-row step, and only for quarantined rows.
             found.extend(
-                block[start:end].rstrip(b"\r")
+                bytes(block[start:end]).rstrip(b"\r")
                 for start, end in zip(starts.tolist(), ends.tolist(), strict=True)
             )
             position = stop
@@ -602,25 +603,29 @@ class LineReader:
         return self._first_line - 1
 
 
-def _indexed_blocks(path: Path) -> Iterator[tuple[bytes, np.ndarray]]:
+def _indexed_blocks(path: Path) -> Iterator[tuple[bytearray, np.ndarray]]:
     """Yield the file as blocks of whole lines, each with its line-end offsets.
 
     A line ends at a newline byte, or at the end of the file for a last line
-    without one.
+    without one. Each block is read straight into a new buffer after the
+    previous block's unfinished line, so no block is copied.
     """
     with path.open("rb") as handle:
         tail = b""
         while True:
-            more = handle.read(_BLOCK_BYTES)
-            if not more:
+            buffer = bytearray(len(tail) + _BLOCK_BYTES)
+            buffer[: len(tail)] = tail
+            read = handle.readinto(memoryview(buffer)[len(tail) :])
+            size = len(tail) + read
+            if read == 0:
                 if tail:
-                    yield tail, np.array([len(tail)], dtype=np.int64)
+                    del buffer[size:]
+                    yield buffer, np.array([size], dtype=np.int64)
                 return
-            block = tail + more if tail else more
-            ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 0x0A)
+            ends = kernels.line_ends(np.frombuffer(buffer, dtype=np.uint8, count=size))
             if len(ends) == 0:
-                tail = block
+                tail = bytes(buffer[:size])
                 continue
             cut = int(ends[-1]) + 1
-            tail = block[cut:]
-            yield block[:cut] if tail else block, ends.astype(np.int64, copy=False)
+            tail = bytes(buffer[cut:size])
+            yield buffer, ends
