@@ -41,8 +41,8 @@ class DuplicateTracker:
         checks: dict[str, ColumnCheck],
         lines: np.ndarray,
         eligible: np.ndarray,
-    ) -> tuple[np.ndarray, pd.Series]:
-        """Return the duplicate mask and each row's reason text."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return the duplicate mask and each row's reason text ("" if none)."""
         id_column = self.unit.patient_id_column
         if id_column is None:
             keys = row_hashes([check.values for check in checks.values()])
@@ -54,7 +54,7 @@ class DuplicateTracker:
 
     def _check_first(
         self, keys: np.ndarray, lines: np.ndarray, eligible: np.ndarray
-    ) -> tuple[np.ndarray, pd.Series]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Find rows whose key, a 64-bit hash, an earlier row already had.
 
         NOTE: rows and patient ids are compared by 64-bit hashes. A collision
@@ -69,7 +69,7 @@ class DuplicateTracker:
         is_duplicate = row_first != own_lines
         mask = np.zeros(len(keys), dtype=bool)
         mask[positions[is_duplicate]] = True
-        texts = pd.Series(np.full(len(keys), "", dtype=object), dtype=object)
+        texts = np.full(len(keys), "", dtype=object)
         if not is_duplicate.any():
             return mask, texts
         label = (
@@ -77,28 +77,28 @@ class DuplicateTracker:
             if self.unit.patient_id_column is None
             else "duplicate patient id, first row at line "
         )
-        texts.iloc[positions[is_duplicate]] = (
-            label + pd.Series(row_first[is_duplicate]).astype(str)
-        ).to_numpy()
+        texts[positions[is_duplicate]] = [
+            f"{label}{line}" for line in row_first[is_duplicate].tolist()
+        ]
         return mask, texts
 
     def _check_all(
         self, keys: np.ndarray, eligible: np.ndarray
-    ) -> tuple[np.ndarray, pd.Series]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         assert self._counts is not None
         table = pd.DataFrame({"key": keys})[eligible]
         joined = table.join(self._counts, on="key")
         shared = (joined["rows"] > 1).to_numpy()
         mask = np.zeros(len(keys), dtype=bool)
         mask[np.flatnonzero(eligible)[shared]] = True
-        texts = pd.Series([""] * len(keys), dtype=object)
+        texts = np.full(len(keys), "", dtype=object)
         hits = joined[shared]
-        texts.iloc[np.flatnonzero(mask)] = (
-            "patient id shared by "
-            + hits["rows"].astype(str)
-            + " rows, first at line "
-            + hits["first"].astype(str)
-        ).to_numpy()
+        texts[np.flatnonzero(mask)] = [
+            f"patient id shared by {rows} rows, first at line {first}"
+            for rows, first in zip(
+                hits["rows"].tolist(), hits["first"].tolist(), strict=True
+            )
+        ]
         return mask, texts
 
 

@@ -640,14 +640,14 @@ class _ReasonBuilder:
 
     def __init__(self, rows: int) -> None:
         self.rows = rows
-        self._parts: list[tuple[np.ndarray, str | pd.Series]] = []
+        self._parts: list[tuple[np.ndarray, str | np.ndarray]] = []
         self._override: tuple[np.ndarray, str] | None = None
 
     def add(self, mask: np.ndarray, text: str) -> None:
         if mask.any():
             self._parts.append((mask, text))
 
-    def add_each(self, mask: np.ndarray, texts: pd.Series) -> None:
+    def add_each(self, mask: np.ndarray, texts: np.ndarray) -> None:
         if mask.any():
             self._parts.append((mask, texts))
 
@@ -665,19 +665,21 @@ class _ReasonBuilder:
 
     def texts(self, selected: np.ndarray) -> list[str]:
         """Return the joined reasons of the rows in ``selected`` (positions)."""
-        joined = pd.Series([""] * len(selected), dtype=object)
+        pieces: list[list[str]] = [[] for _ in range(len(selected))]
         for mask, text in self._parts:
-            hit = mask[selected]
+            hits = np.flatnonzero(mask[selected]).tolist()
             if isinstance(text, str):
-                piece = np.where(hit, text, "")
+                for hit in hits:
+                    pieces[hit].append(text)
             else:
-                piece = np.where(hit, text.to_numpy(dtype=object)[selected], "")
-            separator = np.where(hit & (joined.to_numpy() != ""), "; ", "")
-            joined = joined + separator + piece
+                for hit, each in zip(hits, text[selected[hits]].tolist(), strict=True):
+                    pieces[hit].append(str(each))
+        joined = ["; ".join(parts) for parts in pieces]
         if self._override is not None:
             mask, text = self._override
-            joined = joined.where(~mask[selected], text)
-        return [str(text) for text in joined.tolist()]
+            for hit in np.flatnonzero(mask[selected]).tolist():
+                joined[hit] = text
+        return joined
 
 
 def _write_quarantine(
