@@ -1,12 +1,12 @@
 """Compiled loops for the validator's per-row work.
 
-NumPy runs each check as several passes over a column, and Python adds a fixed
-cost to each pass. These loops do one pass each: checking a numeric column,
-folding a column into the row hashes, finding the first row of each key, and
-finding the line ends of a block of the file. Numba compiles them on first use
-and caches the machine code next to this file, so only the first validation
-after installation pays the compilation. Every loop releases the GIL, so the
-parse and line-index threads run beside it.
+NumPy runs each check as several calls over a column, and Python adds a fixed
+cost to each call. These loops run without Python in between: checking a
+numeric column, folding a column into the row hashes, finding the first row of
+each key, and finding the line ends of a block of the file. Numba compiles
+them on first use and caches the machine code next to this file, so only the
+first validation after installation pays the compilation. Every loop releases
+the GIL, so the parse and line-index threads run beside it.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def check_numbers(  # noqa: PLR0913 - one compiled loop takes every parameter
     """Check parsed numbers; return typed values and three masks.
 
     ``values`` is NaN where a cell is missing or not a number, and ``missing``
-    and ``wrong`` already mark those cells; both masks are updated in place: a
-    value equal to one of ``markers`` is missing, and with ``whole_numbers`` a
+    and ``wrong`` already mark those cells. Both masks are updated in place. A
+    value equal to one of ``markers`` is missing. With ``whole_numbers``, a
     value with a fractional part is wrong. ``kind`` selects the rest:
     ``RANGE_CHECK`` compares with ``bounds`` (hard minimum and maximum, then
     plausible minimum and maximum, infinite where open), ``CODE_CHECK`` requires
@@ -83,9 +83,11 @@ def check_numbers(  # noqa: PLR0913 - one compiled loop takes every parameter
             value = values[i]
             outside = usable[i] & ((value < low) | (value > high))
             out[i] = outside
-            kept = usable[i] & ~outside
-            implausible[i] = kept & ((value < plausible_low) | (value > plausible_high))
-            typed[i] = value if kept else np.nan
+            inside = usable[i] & ~outside
+            implausible[i] = inside & (
+                (value < plausible_low) | (value > plausible_high)
+            )
+            typed[i] = value if inside else np.nan
     elif kind == CODE_CHECK:
         member = _matches(values, allowed)
         for i in range(rows):
@@ -97,7 +99,9 @@ def check_numbers(  # noqa: PLR0913 - one compiled loop takes every parameter
         for i in range(rows):
             known = true[i] | false[i]
             invalid[i] = usable[i] & ~known
-            typed[i] = (1.0 if true[i] else 0.0) if usable[i] & known else np.nan
+            typed[i] = np.nan
+            if usable[i] & known:
+                typed[i] = 1.0 if true[i] else 0.0
     return typed, invalid, out, implausible
 
 
@@ -141,7 +145,7 @@ def first_lines(
 
     The table's capacity is a power of two, 2 ** (64 - ``shift``), and a key's
     first slot is its Fibonacci hash, the top bits of the key times the golden
-    ratio. ``table_lines`` holds 0 in empty slots; line numbers start at 1. For
+    ratio. ``table_lines`` contains 0 in empty slots; line numbers start at 1. For
     each key, ``first`` receives the line stored with it, which is the key's
     own line when the key is new. Returns the number of keys inserted. The
     caller keeps the table at most half full, so a probe sequence is short and

@@ -480,8 +480,8 @@ def test_quoted_fields_after_spaces(icu, tmp_path):
 
 
 def test_padded_marker_after_the_sample(heart, tmp_path):
-    # The first 64 KiB have no space after a delimiter, so pandas does not skip
-    # spaces; the padded marker and the word reach the check as text.
+    # The first 64 KiB have no space after a delimiter, so pandas keeps spaces.
+    # The padded marker and the word then reach the check as text.
     rows = [
         GOOD.replace(",233,", f",{200 + i % 300},").replace(
             ",150,", f",{100 + i // 300},"
