@@ -15,9 +15,6 @@ import math
 import warnings
 from collections.abc import Sequence
 
-from opacus.accountants import PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
-
 from policies.models import (
     MAX_NOISE_MULTIPLIER,
     Accountant,
@@ -72,6 +69,10 @@ def epsilon_of_merged(
     """Return epsilon of an already merged history; see :func:`compute_epsilon`."""
     if not merged:
         return 0.0
+    # Opacus imports torch, about 3 s, so the commands that never compute an
+    # epsilon (validate, verify-ledger) start without it.
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
     opacus_accountant = RDPAccountant() if accountant == "rdp" else PRVAccountant()
     opacus_accountant.history = list(merged)
     try:
@@ -145,6 +146,8 @@ def plan_noise_multiplier(
     """
     _check_delta(delta)
     _check_accountant(accountant)
+    from opacus.accountants.utils import get_noise_multiplier
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
