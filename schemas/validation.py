@@ -335,9 +335,29 @@ class _QuarantineWriter:
         self._handle = None
         if self.rows == 0:
             self._temporary.unlink(missing_ok=True)
+            self._remove_earlier_quarantine()
             return None
         os.replace(self._temporary, self.target)
         return self.target
+
+    def _remove_earlier_quarantine(self) -> None:
+        """Delete an earlier run's quarantine file at the target.
+
+        A clean run then leaves behind no rejected rows that are no longer in
+        the input. A file at the target that does not start with the quarantine
+        header is not a quarantine file, and is left alone.
+        """
+        assert self.target is not None
+        try:
+            with self.target.open("r", encoding="utf-8", newline="") as handle:
+                header = handle.readline().strip()
+        except (FileNotFoundError, UnicodeDecodeError, IsADirectoryError):
+            return
+        if header != ",".join(QUARANTINE_FIELDS):
+            logger.warning("Left %s in place: it is not a quarantine file", self.target)
+            return
+        self.target.unlink(missing_ok=True)
+        logger.info("Removed the quarantine file of an earlier run: %s", self.target)
 
     def discard(self) -> None:
         if self._handle is not None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -166,6 +168,17 @@ def _hub_command(folder: Path) -> list[str]:
     ]
 
 
+@pytest.fixture
+def new_ray_folders_removed() -> Any:
+    """Remove the Ray folders that a hub killed with SIGKILL could not remove."""
+    temporary = Path(tempfile.gettempdir())
+    before = set(temporary.glob("healthfed-ray-*"))
+    yield
+    for folder in set(temporary.glob("healthfed-ray-*")) - before:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("new_ray_folders_removed")
 def test_hub_killed_between_rounds_resumes(demo_federation: Path) -> None:
     _allow_plain_aggregation(demo_federation)
 

@@ -530,3 +530,20 @@ def test_quarantined_rows_across_line_blocks(
     written = quarantine_rows(quarantine)
     assert written["line"].tolist() == ["1", "7", "8", "30", "59", "60"]
     assert written["row"].tolist() == [rows[n - 1] for n in (1, 7, 8, 30, 59, 60)]
+
+
+def test_clean_run_removes_earlier_quarantine(heart, tmp_path):
+    quarantine = tmp_path / "q.csv"
+    path = write(tmp_path, f"{GOOD}\n{GOOD.replace(',1,1,', ',1,9,')}\n")
+    assert validate_file(path, heart, quarantine).quarantined_rows == 1
+    assert quarantine.exists()
+    path = write(tmp_path, f"{GOOD}\n")
+    assert validate_file(path, heart, quarantine).quarantined_rows == 0
+    assert not quarantine.exists()
+
+
+def test_clean_run_keeps_other_file_at_quarantine_path(heart, tmp_path):
+    other = write(tmp_path, "not,a,quarantine\n", name="notes.csv")
+    path = write(tmp_path, f"{GOOD}\n")
+    assert validate_file(path, heart, other).quarantined_rows == 0
+    assert other.read_text(encoding="utf-8") == "not,a,quarantine\n"
