@@ -243,8 +243,8 @@ def check_instruction(
     if not epsilon_study <= policy.max_epsilon_per_study:
         raise _reject(
             "max_epsilon_per_study",
-            f"epsilon after round {instruction.round} would be {epsilon_study:.4f}, "
-            f"above the maximum {policy.max_epsilon_per_study}",
+            f"joining round {instruction.round} would bring epsilon to "
+            f"{epsilon_study:.4f}, above the maximum {policy.max_epsilon_per_study}",
         )
     if not epsilon_total <= policy.max_epsilon_total:
         raise _reject(
