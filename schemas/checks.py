@@ -22,7 +22,7 @@ from schemas.model import (
     Schema,
 )
 
-_NUMBER_PATTERN = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+NUMBER_PATTERN = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 
 
 @dataclass
@@ -91,7 +91,7 @@ def _numeric_markers(column: Column, schema: Schema) -> list[float]:
     for marker in (*schema.missing_values, *column.missing_values):
         if isinstance(marker, int | float):
             numbers.append(float(marker))
-        elif re.fullmatch(_NUMBER_PATTERN, marker.strip()):
+        elif re.fullmatch(NUMBER_PATTERN, marker.strip(), re.ASCII):
             numbers.append(float(marker))
     return numbers
 
@@ -174,7 +174,7 @@ def _parse_text_numbers(
     marked = np.zeros(len(array), dtype=bool)
     if len(others):
         other_text = pc.utf8_trim_whitespace(array.take(pa.array(others)))
-        matched = pc.match_substring_regex(other_text, _NUMBER_PATTERN)
+        matched = pc.match_substring_regex(other_text, NUMBER_PATTERN)
         numbers = pc.cast(pc.if_else(matched, other_text, None), pa.float64())
         values[others] = numbers.to_numpy(zero_copy_only=False)
         if text_markers:
@@ -284,6 +284,37 @@ def _check_numeric(raw: pd.Series, column: Column, schema: Schema) -> ColumnChec
     )
     return ColumnCheck(
         values=values,
+        missing=missing,
+        wrong_type=wrong,
+        invalid_code=invalid_code,
+        out_of_range=out,
+        implausible=implausible,
+    )
+
+
+def check_parsed_numbers(
+    values: np.ndarray, kinds: np.ndarray, column: Column, schema: Schema
+) -> ColumnCheck:
+    """Check a numeric column that the compiled parse read.
+
+    ``values`` is NaN wherever ``kinds`` is not ``kernels.CELL_NUMBER``.
+    """
+    plan = _numeric_plan(column, schema)
+    missing = kinds == kernels.CELL_MISSING
+    wrong = kinds == kernels.CELL_WRONG
+    checked, invalid_code, out, implausible = kernels.check_numbers(
+        np.ascontiguousarray(values),
+        missing,
+        wrong,
+        plan.markers,
+        plan.integer,
+        plan.kind,
+        plan.allowed,
+        plan.false_values,
+        plan.bounds,
+    )
+    return ColumnCheck(
+        values=checked,
         missing=missing,
         wrong_type=wrong,
         invalid_code=invalid_code,

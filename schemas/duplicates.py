@@ -200,6 +200,8 @@ def count_patient_rows(schema: Schema, chunks: Iterator[Chunk]) -> pd.DataFrame:
     column = schema.column(id_column)
     parts: list[pd.DataFrame] = []
     for chunk in chunks:
+        # An id column is text, which only pandas' parser reads into a frame.
+        assert chunk.frame is not None
         check = check_column(chunk.frame[id_column], column, schema)
         usable = ~check.missing & ~check.invalid
         parts.append(

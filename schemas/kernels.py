@@ -184,3 +184,240 @@ def line_ends(buffer: np.ndarray) -> np.ndarray:
             ends[found] = i
             found += 1
     return ends
+
+
+CELL_NUMBER = 0
+CELL_MISSING = 1
+CELL_WRONG = 2
+CELL_UNPARSED = 3
+_CELL_PENDING = 4
+
+PARSED = 0
+QUOTE_FOUND = 1
+TOO_MANY_FIELDS = 2
+UNSUPPORTED = 3
+
+_POWERS_OF_TEN = np.array([10.0**k for k in range(23)])
+
+
+@numba.njit(cache=True, nogil=True)
+def _is_marker(
+    buffer: np.ndarray,
+    start: int,
+    end: int,
+    marker_bytes: np.ndarray,
+    marker_bounds: np.ndarray,
+    first: int,
+    last: int,
+) -> bool:
+    """Return whether ``buffer[start:end]`` equals one of markers first..last-1."""
+    for marker in range(first, last):
+        low = marker_bounds[marker]
+        high = marker_bounds[marker + 1]
+        if high - low != end - start:
+            continue
+        same = True
+        for k in range(end - start):
+            if buffer[start + k] != marker_bytes[low + k]:
+                same = False
+                break
+        if same:
+            return True
+    return False
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _parse_cell(  # noqa: PLR0913, PLR0912 - one compiled loop, every branch a case
+    buffer: np.ndarray,
+    start: int,
+    end: int,
+    marker_bytes: np.ndarray,
+    marker_bounds: np.ndarray,
+    first_marker: int,
+    last_marker: int,
+) -> tuple[int, float]:
+    """Classify one numeric cell and return its kind and value.
+
+    Spaces and tabs around the cell are ignored. A plain decimal number with at
+    most 15 digits and 22 fractional digits is converted here, exactly: its
+    digits as an integer divided by a power of ten. A cell equal to a missing
+    marker is missing. A cell of digits, signs, points and exponents that is not
+    plain, or one with a byte outside ASCII, is left to Python
+    (``CELL_UNPARSED``); any other cell is not a number.
+    """
+    while start < end and (buffer[start] == 32 or buffer[start] == 9):
+        start += 1
+    while end > start and (buffer[end - 1] == 32 or buffer[end - 1] == 9):
+        end -= 1
+    position = start
+    negative = False
+    if position < end and (buffer[position] == 45 or buffer[position] == 43):
+        negative = buffer[position] == 45
+        position += 1
+    mantissa = 0
+    digits = 0
+    fraction = 0
+    point = False
+    plain = True
+    while position < end:
+        byte = buffer[position]
+        if 48 <= byte <= 57:
+            mantissa = mantissa * 10 + (byte - 48)
+            digits += 1
+            if point:
+                fraction += 1
+        elif byte == 46 and not point:
+            point = True
+        else:
+            plain = False
+            break
+        position += 1
+    if plain and digits > 0 and digits <= 15 and fraction <= 22:
+        value = mantissa / _POWERS_OF_TEN[fraction]
+        return CELL_NUMBER, -value if negative else value
+    if _is_marker(
+        buffer, start, end, marker_bytes, marker_bounds, first_marker, last_marker
+    ):
+        return CELL_MISSING, np.nan
+    for k in range(start, end):
+        byte = buffer[k]
+        if byte >= 128:
+            return CELL_UNPARSED, np.nan
+        numeric = (48 <= byte <= 57) or byte in (43, 45, 46, 69, 101)
+        if not numeric:
+            return CELL_WRONG, np.nan
+    if end == start:
+        return CELL_WRONG, np.nan
+    return CELL_UNPARSED, np.nan
+
+
+@numba.njit(cache=True, nogil=True)
+def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenizer
+    buffer: np.ndarray,
+    size: int,
+    delimiter: int,
+    column_of_field: np.ndarray,
+    columns: int,
+    marker_bytes: np.ndarray,
+    marker_bounds: np.ndarray,
+    column_markers: np.ndarray,
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """Split ``buffer[:size]``, whole lines, into cells and parse them as numbers.
+
+    ``column_of_field[f]`` is the output column of the line's field ``f``, or -1
+    to skip it. Column ``c`` matches markers ``column_markers[c]`` to
+    ``column_markers[c + 1] - 1``, each ``marker_bytes[marker_bounds[m]:
+    marker_bounds[m + 1]]``. A blank line is missing in every column, and a line
+    with fewer fields than ``column_of_field`` is missing in the others. A line
+    may end in CR LF.
+
+    One pass reads the plain decimal cells, which are nearly all of them. The
+    other cells are classified afterwards by :func:`_parse_cell`.
+
+    Returns the outcome (``PARSED``, or ``QUOTE_FOUND``, ``TOO_MANY_FIELDS`` or
+    ``UNSUPPORTED`` for a lone CR, with the index of the offending line), that
+    index, the offset of each line's
+    newline (or of the end of the buffer for a last line without one), the
+    values (columns x lines, NaN where not a number) and each cell's kind.
+    """
+    lines = 0
+    for k in range(size):
+        lines += buffer[k] == 10
+    if size > 0 and buffer[size - 1] != 10:
+        lines += 1
+    ends = np.empty(lines, dtype=np.int64)
+    values = np.full((columns, lines), np.nan)
+    kinds = np.full((columns, lines), CELL_MISSING, dtype=np.uint8)
+    fields = len(column_of_field)
+    outcome = PARSED
+    failed_line = -1
+    pending = 0
+    line = 0
+    field = 0
+    cell = 0
+    mantissa = 0
+    digits = 0
+    fraction = 0
+    point = False
+    negative = False
+    plain = True
+    for k in range(size + 1):
+        byte = buffer[k] if k < size else 10
+        if byte == 13:
+            if k + 1 < size and buffer[k + 1] == 10:
+                continue
+            # pandas ends a line at a lone CR, the line ends here do not.
+            outcome = UNSUPPORTED
+            failed_line = line
+            break
+        if byte == delimiter or byte == 10:
+            if k == size and k == cell and field == 0:
+                break
+            blank = field == 0 and (k == cell or (k == cell + 1 and buffer[cell] == 13))
+            if not (byte == 10 and blank):
+                if field >= fields:
+                    outcome = TOO_MANY_FIELDS
+                    failed_line = line
+                    break
+                column = column_of_field[field]
+                if column >= 0:
+                    if plain and 0 < digits <= 15 and fraction <= 22:
+                        value = mantissa / _POWERS_OF_TEN[fraction]
+                        values[column, line] = -value if negative else value
+                        kinds[column, line] = CELL_NUMBER
+                    else:
+                        # The cell's offset waits in its value slot; the
+                        # second loop below classifies it.
+                        values[column, line] = cell
+                        kinds[column, line] = _CELL_PENDING
+                        pending += 1
+                field += 1
+            if byte == 10:
+                ends[line] = k
+                line += 1
+                field = 0
+            cell = k + 1
+            mantissa = 0
+            digits = 0
+            fraction = 0
+            point = False
+            negative = False
+            plain = True
+        elif 48 <= byte <= 57:
+            mantissa = mantissa * 10 + (byte - 48)
+            digits += 1
+            fraction += point
+        elif byte == 46 and not point:
+            point = True
+        elif (byte == 45 or byte == 43) and k == cell:
+            negative = byte == 45
+        elif byte == 34:
+            outcome = QUOTE_FOUND
+            failed_line = line
+            break
+        else:
+            plain = False
+    if outcome != PARSED or pending == 0:
+        return outcome, failed_line, ends, values, kinds
+    for column in range(columns):
+        for row in range(lines):
+            if kinds[column, row] != _CELL_PENDING:
+                continue
+            start = int(values[column, row])
+            stop = start
+            while stop < size and buffer[stop] != delimiter and buffer[stop] != 10:
+                stop += 1
+            if stop > start and buffer[stop - 1] == 13:
+                stop -= 1
+            kind, value = _parse_cell(
+                buffer,
+                start,
+                stop,
+                marker_bytes,
+                marker_bounds,
+                column_markers[column],
+                column_markers[column + 1],
+            )
+            kinds[column, row] = kind
+            values[column, row] = value
+    return outcome, failed_line, ends, values, kinds

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import logging
+import math
 import os
 import queue
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -39,6 +42,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SNIFF_BYTES = 64 * 1024
+PARSE_BLOCK_BYTES = 2 * 1024 * 1024
 DEFAULT_CHUNK_ROWS = 50_000
 _DELIMITERS = ",;\t|"
 _BLOCK_BYTES = 16 * 1024 * 1024
@@ -62,12 +66,41 @@ class CsvOptions:
 
 
 @dataclass
-class Chunk:
-    """Parsed rows of one chunk: schema columns as read, and their line numbers."""
+class RawLines:
+    """The bytes of a chunk's lines, as written in the file."""
 
-    frame: pd.DataFrame
+    block: bytes | bytearray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    def rows(self, positions: np.ndarray) -> list[bytes]:
+        """Return the lines at ``positions`` without their line endings."""
+        block = self.block
+        return [
+            bytes(block[start:end]).rstrip(b"\r")
+            for start, end in zip(
+                self.starts[positions].tolist(),
+                self.ends[positions].tolist(),
+                strict=True,
+            )
+        ]
+
+
+@dataclass
+class Chunk:
+    """Parsed rows of one chunk and their line numbers.
+
+    ``frame`` contains the schema columns as pandas read them. A chunk from the
+    compiled parse has ``numbers`` instead: per column, its float values and
+    the kind of each cell (``kernels.CELL_NUMBER``, ``CELL_MISSING`` or
+    ``CELL_WRONG``), and ``raw``, its lines as written.
+    """
+
+    frame: pd.DataFrame | None
     lines: np.ndarray
     original: pd.DataFrame | None = None
+    numbers: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    raw: RawLines | None = None
 
 
 @dataclass
@@ -379,6 +412,195 @@ def iter_csv_chunks(
         raise EmptyCohortError(
             source.path, "the file has no rows", "export the cohort with its rows"
         ) from exc
+
+
+class CompiledParseUnsupported(Exception):
+    """The file has a feature that only pandas' parser handles."""
+
+
+_ASCII_PROBE = '0123456789+-.eE,;|\t ?\r\n"NA'
+
+
+def compiled_parse_supported(source: TableSource, schema: Schema) -> bool:
+    """Return whether the compiled parse can read ``source`` for ``schema``.
+
+    It reads CSV whose schema columns are all numbers, integers, numeric codes
+    or numeric booleans, in UTF-8 or a single-byte encoding that writes ASCII
+    as ASCII. Anything else, and any file with a quote, too many fields or a
+    lone CR, goes to pandas' parser.
+    """
+    if source.kind != "csv" or source.encoding is None or source.delimiter is None:
+        return False
+    if len(source.delimiter.encode(source.encoding)) != 1:
+        return False
+    name = codecs.lookup(source.encoding).name
+    if not (
+        name in ("utf-8", "utf-8-sig", "ascii") or name.startswith(("iso8859", "cp125"))
+    ):
+        return False
+    if _ASCII_PROBE.encode(name) != _ASCII_PROBE.encode("ascii"):
+        return False
+    present = [name for name in schema.column_names if name in source.file_columns]
+    text = string_columns(schema)
+    return all(
+        not isinstance(schema.column(column), IdentifierColumn | DateColumn)
+        and column not in text
+        for column in present
+    )
+
+
+def iter_compiled_chunks(
+    source: TableSource, schema: Schema, chunk_rows: int
+) -> Iterator[Chunk]:
+    """Yield the rows of a numeric CSV file, parsed by a compiled loop.
+
+    Each block of whole lines is split and parsed in one pass
+    (:func:`kernels.parse_numeric_block`). A cell that the loop leaves to Python
+    (an exponent, more than 15 digits, a byte outside ASCII) is trimmed and
+    read by ``float`` if it matches the number pattern of the text checks.
+
+    Raises:
+        CompiledParseUnsupported: the file has a quote, a row with more fields
+            than the header, or a line that ends in a lone CR.
+
+    """
+    from schemas.checks import NUMBER_PATTERN
+
+    encoding = source.encoding or "utf-8"
+    present = [name for name in schema.column_names if name in source.file_columns]
+    column_of_field = np.array(
+        [
+            present.index(name) if name in present else -1
+            for name in source.file_columns
+        ],
+        dtype=np.int64,
+    )
+    markers = text_missing_markers(schema)
+    encoded = [[m.encode(encoding) for m in markers[name]] for name in present]
+    flat = [marker for column in encoded for marker in column]
+    marker_bytes = np.frombuffer(b"".join(flat), dtype=np.uint8).copy()
+    marker_bounds = np.cumsum([0, *(len(m) for m in flat)]).astype(np.int64)
+    column_markers = np.cumsum([0, *(len(c) for c in encoded)]).astype(np.int64)
+    number = re.compile(NUMBER_PATTERN, re.ASCII)
+    delimiter = source.delimiter.encode(encoding) if source.delimiter else b","
+    with source.text_path.open("rb") as handle:
+        skip = len(codecs.BOM_UTF8) if handle.read(3) == codecs.BOM_UTF8 else 0
+        handle.seek(skip)
+        first_line = 1
+        if source.header:
+            handle.readline()
+            first_line = 2
+        for buffer, size in _whole_line_blocks(handle, PARSE_BLOCK_BYTES):
+            if not buffer.isascii():
+                # pandas decodes every byte, so a byte invalid in the encoding
+                # makes the file unreadable even in a column outside the schema.
+                try:
+                    codecs.decode(memoryview(buffer)[:size], encoding)
+                except UnicodeDecodeError as exc:
+                    raise CompiledParseUnsupported(str(exc)) from exc
+            outcome, line, ends, values, kinds = kernels.parse_numeric_block(
+                np.frombuffer(buffer, dtype=np.uint8, count=size),
+                size,
+                delimiter[0],
+                column_of_field,
+                len(present),
+                marker_bytes,
+                marker_bounds,
+                column_markers,
+            )
+            if outcome != kernels.PARSED:
+                raise CompiledParseUnsupported(
+                    f"line {first_line + line}: outcome {outcome}"
+                )
+            starts = np.empty(len(ends), dtype=np.int64)
+            starts[0:1] = 0
+            starts[1:] = ends[:-1] + 1
+            raw = RawLines(buffer, starts, ends)
+            _read_left_cells(
+                raw,
+                kinds,
+                values,
+                column_of_field,
+                delimiter,
+                encoding,
+                markers,
+                present,
+                number,
+            )
+            for begin in range(0, len(ends), chunk_rows):
+                stop = min(begin + chunk_rows, len(ends))
+                yield Chunk(
+                    frame=None,
+                    lines=np.arange(
+                        first_line + begin, first_line + stop, dtype=np.int64
+                    ),
+                    numbers={
+                        name: (values[index, begin:stop], kinds[index, begin:stop])
+                        for index, name in enumerate(present)
+                    },
+                    raw=RawLines(buffer, starts[begin:stop], ends[begin:stop]),
+                )
+            first_line += len(ends)
+
+
+def _read_left_cells(  # noqa: PLR0913 - the parse's context, passed through
+    raw: RawLines,
+    kinds: np.ndarray,
+    values: np.ndarray,
+    column_of_field: np.ndarray,
+    delimiter: bytes,
+    encoding: str,
+    markers: dict[str, list[str]],
+    present: list[str],
+    number: re.Pattern[str],
+) -> None:
+    """Classify the cells that the compiled loop left to Python, in place."""
+    columns, rows = np.nonzero(kinds == kernels.CELL_UNPARSED)
+    if len(columns) == 0:
+        return
+    field_of_column = {
+        int(column): field
+        for field, column in enumerate(column_of_field.tolist())
+        if column >= 0
+    }
+    separator = delimiter.decode(encoding)
+    for column, row in zip(columns.tolist(), rows.tolist(), strict=True):
+        line = raw.rows(np.array([row]))[0].decode(encoding, errors="replace")
+        cells = line.split(separator)
+        field = field_of_column[column]
+        text = cells[field].strip() if field < len(cells) else ""
+        if text in markers[present[column]]:
+            kinds[column, row] = kernels.CELL_MISSING
+        elif number.fullmatch(text) and math.isfinite(float(text)):
+            kinds[column, row] = kernels.CELL_NUMBER
+            values[column, row] = float(text)
+        else:
+            kinds[column, row] = kernels.CELL_WRONG
+
+
+def _whole_line_blocks(
+    handle: io.BufferedReader, block_bytes: int
+) -> Iterator[tuple[bytearray, int]]:
+    """Yield the rest of ``handle`` as buffers of whole lines, and their size.
+
+    A buffer ends after its last newline, or at the end of the file.
+    """
+    tail = b""
+    while True:
+        buffer = bytearray(len(tail) + block_bytes)
+        buffer[: len(tail)] = tail
+        read = handle.readinto(memoryview(buffer)[len(tail) :])
+        size = len(tail) + read
+        if read == 0:
+            if tail:
+                yield buffer, size
+            return
+        cut = buffer.rfind(b"\n", 0, size) + 1
+        if cut == 0:
+            tail = bytes(buffer[:size])
+            continue
+        tail = bytes(buffer[cut:size])
+        yield buffer, cut
 
 
 def _first_line_of(exc: Exception) -> str:

@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from schemas.checks import ColumnCheck, check_absent_column, check_column
+from schemas.checks import (
+    ColumnCheck,
+    check_absent_column,
+    check_column,
+    check_parsed_numbers,
+)
 from schemas.duplicates import DuplicateTracker
 from schemas.errors import (
     EmptyCohortError,
@@ -40,9 +45,12 @@ from schemas.model import (
 from schemas.reading import (
     DEFAULT_CHUNK_ROWS,
     Chunk,
+    CompiledParseUnsupported,
     CsvOptions,
     LineReader,
     TableSource,
+    compiled_parse_supported,
+    iter_compiled_chunks,
     iter_csv_chunks,
     iter_frame_chunks,
     iter_parquet_chunks,
@@ -291,8 +299,12 @@ def _require_columns(source: TableSource, schema: Schema) -> None:
 
 
 def _chunks(
-    source: TableSource, schema: Schema, options: CsvOptions
+    source: TableSource, schema: Schema, options: CsvOptions, compiled: bool = False
 ) -> Iterator[Chunk]:
+    if compiled:
+        return prefetch(
+            iter_compiled_chunks(source, schema, options.chunk_rows), "chunk-prefetch"
+        )
     if source.kind == "frame":
         return iter_frame_chunks(source, schema, options.chunk_rows)
     if source.kind == "parquet":
@@ -375,6 +387,46 @@ def _run(
     keep_accepted: bool,
     expected_rows: int | None,
 ) -> ValidationResult:
+    """Validate with the compiled parse where it applies, else with pandas'.
+
+    A file that turns out to need pandas' parser part-way (a quote, a row with
+    too many fields) is validated again from the start with it.
+    """
+    if compiled_parse_supported(source, schema):
+        try:
+            return _run_once(
+                source,
+                schema,
+                options,
+                quarantine_path,
+                keep_accepted,
+                expected_rows,
+                compiled=True,
+            )
+        except CompiledParseUnsupported as reason:
+            logger.debug(
+                "Validating %s again with pandas' parser: %s", source.path, reason
+            )
+    return _run_once(
+        source,
+        schema,
+        options,
+        quarantine_path,
+        keep_accepted,
+        expected_rows,
+        compiled=False,
+    )
+
+
+def _run_once(  # noqa: PLR0913 - the run's inputs and the parser to use
+    source: TableSource,
+    schema: Schema,
+    options: CsvOptions,
+    quarantine_path: str | Path | None,
+    keep_accepted: bool,
+    expected_rows: int | None,
+    compiled: bool,
+) -> ValidationResult:
     report = ValidationReport(
         file=str(source.path),
         file_format=source.kind,
@@ -396,10 +448,12 @@ def _run(
         expected_rows=source.estimated_rows,
     )
     writer = _QuarantineWriter(Path(quarantine_path) if quarantine_path else None)
-    line_reader = LineReader(source.text_path) if source.kind == "csv" else None
+    line_reader = (
+        LineReader(source.text_path) if source.kind == "csv" and not compiled else None
+    )
     accepted = _AcceptedRows(schema, expected_rows) if keep_accepted else None
     try:
-        for chunk in _chunks(source, schema, options):
+        for chunk in _chunks(source, schema, options, compiled):
             _validate_chunk(
                 chunk,
                 schema,
@@ -543,12 +597,20 @@ def _check_line_count(source: TableSource, rows: int, reader: LineReader) -> Non
     lines = reader.count_lines()
     expected = rows + (1 if source.header else 0)
     if lines != expected:
-        raise UnreadableFileError(
-            source.path,
-            f"the file has {lines} lines but {expected} records, so a quoted field "
-            "spans several lines and line numbers would be wrong",
-            "remove line breaks inside quoted fields before validating",
+        raise _lines_mismatch(
+            source, f"the file has {lines} lines but {expected} records"
         )
+
+
+def _lines_mismatch(source: TableSource, detail: str) -> UnreadableFileError:
+    """Return the error for records that do not each fill one line."""
+    return UnreadableFileError(
+        source.path,
+        f"{detail}: a quoted field spans several lines or a line ends in a lone "
+        "carriage return, so line numbers would be wrong",
+        "remove line breaks inside quoted fields and end every line with LF or "
+        "CR LF before validating",
+    )
 
 
 def _validate_chunk(
@@ -565,12 +627,14 @@ def _validate_chunk(
 
     Adds the accepted rows' typed values to ``accepted`` unless it is None.
     """
-    frame = chunk.frame
-    rows = len(frame)
+    rows = len(chunk.lines)
     checks: dict[str, ColumnCheck] = {}
     for column in schema.columns:
-        if column.name in frame.columns:
-            checks[column.name] = check_column(frame[column.name], column, schema)
+        if chunk.numbers is not None and column.name in chunk.numbers:
+            values, kinds = chunk.numbers[column.name]
+            checks[column.name] = check_parsed_numbers(values, kinds, column, schema)
+        elif chunk.frame is not None and column.name in chunk.frame.columns:
+            checks[column.name] = check_column(chunk.frame[column.name], column, schema)
         else:
             checks[column.name] = check_absent_column(rows)
         report.columns[column.name].add(
@@ -715,15 +779,24 @@ def _write_quarantine(
         return
     lines = chunk.lines[positions]
     texts = reasons.texts(positions)
-    if line_reader is not None:
+    if chunk.raw is not None:
+        encoding = source.encoding or "utf-8"
+        raw_rows = chunk.raw.rows(positions)
+        rows = [line.decode(encoding, errors="replace") for line in raw_rows]
+    elif line_reader is not None:
         encoding = source.encoding or "utf-8"
         raw = line_reader.read(lines)
+        if len(raw) < len(lines):
+            raise _lines_mismatch(
+                source, f"record {int(lines[len(raw)])} has no line of its own"
+            )
         rows = [line.decode(encoding, errors="replace") for line in raw]
         if len(rows) == 1 and rows[0].startswith("\ufeff"):
             rows[0] = rows[0][1:]
     else:
         # Parquet and DataFrame rows have no text form: render the original row.
         original = chunk.original if chunk.original is not None else chunk.frame
+        assert original is not None
         rendered = original.iloc[positions].to_csv(header=False, index=False)
         rows = rendered.splitlines()
     writer.write(lines, texts, rows)

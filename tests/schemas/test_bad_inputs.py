@@ -547,3 +547,10 @@ def test_clean_run_keeps_other_file_at_quarantine_path(heart, tmp_path):
     path = write(tmp_path, f"{GOOD}\n")
     assert validate_file(path, heart, other).quarantined_rows == 0
     assert other.read_text(encoding="utf-8") == "not,a,quarantine\n"
+
+
+def test_lone_carriage_return(heart, tmp_path):
+    bad = GOOD.replace(",1,1,", ",1,9,")
+    path = write(tmp_path, f"{HEADER}\n{GOOD}\r{bad}\n")
+    with pytest.raises(UnreadableFileError, match="lone carriage return"):
+        validate_file(path, heart, tmp_path / "q.csv")
