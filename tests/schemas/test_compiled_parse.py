@@ -78,9 +78,7 @@ def test_numeric_schema_uses_the_compiled_parse(tmp_path):
     assert compiled_parse_supported(open_csv(path, SCHEMA, CsvOptions()), SCHEMA)
 
 
-@pytest.mark.parametrize(
-    "hospital", ["cleveland", "hungarian", "switzerland", "va"]
-)
+@pytest.mark.parametrize("hospital", ["cleveland", "hungarian", "switzerland", "va"])
 def test_hospital_files_match(hospital, tmp_path, monkeypatch):
     path = tmp_path / f"{hospital}.data"
     shutil.copy(DATA / f"processed.{hospital}.data", path)
