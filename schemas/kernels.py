@@ -1,9 +1,10 @@
 """Compiled loops for the validator's per-row work.
 
 NumPy runs each check as several calls over a column, and Python adds a fixed
-cost to each call. These loops run without Python in between: checking a
-numeric column, folding a column into the row hashes, finding the first row of
-each key, and finding the line ends of a block of the file. Numba compiles
+cost to each call. These loops run without Python in between: parsing a
+block of a numeric CSV file, checking a numeric column, folding a column into
+the row hashes, finding the first row of each key, and finding the line ends
+of a block of the file. Numba compiles
 them on first use and caches the machine code next to this file, so only the
 first validation after installation pays the compilation. Every loop releases
 the GIL, so the parse and line-index threads run beside it.
@@ -241,9 +242,9 @@ def _parse_cell(  # noqa: PLR0913, PLR0912 - one compiled loop, every branch a c
     Spaces and tabs around the cell are ignored. A plain decimal number with at
     most 15 digits and 22 fractional digits is converted here, exactly: its
     digits as an integer divided by a power of ten. A cell equal to a missing
-    marker is missing. A cell of digits, signs, points and exponents that is not
-    plain, or one with a byte outside ASCII, is left to Python
-    (``CELL_UNPARSED``); any other cell is not a number.
+    marker is missing. Python reads two kinds of cell (``CELL_UNPARSED``): one
+    of digits, signs, points and exponents that is not plain, and one with a
+    byte outside ASCII. Any other cell is not a number.
     """
     while start < end and (buffer[start] == 32 or buffer[start] == 9):
         start += 1

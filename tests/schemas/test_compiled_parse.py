@@ -1,4 +1,4 @@
-"""The compiled parse gives exactly what pandas' parser gives, on every input.
+"""The compiled parse gives exactly what pandas' parser gives, on every input here.
 
 Each file is validated twice: as the validator chooses (the compiled parse for
 numeric schemas) and with the compiled parse switched off, so pandas' C parser
