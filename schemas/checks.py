@@ -151,15 +151,15 @@ def _parse_text_numbers(
     """
     try:
         array = pa.array(raw.array, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         array = None
     if array is None or not (
         pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
     ):
-        text = raw.astype(object)
-        marked = text.map(str).str.strip().isin(text_markers).to_numpy() & text.notna()
-        parsed = pd.to_numeric(text.where(~marked, None), errors="coerce")
-        return np.asarray(parsed, dtype=np.float64), np.asarray(marked, dtype=bool)
+        # A column of Python objects (numbers beyond int64 mixed with text,
+        # booleans) is checked as the text of each value, like a text column.
+        text = [None if pd.isna(value) else str(value) for value in raw.tolist()]
+        array = pa.array(text, type=pa.large_string())
     # Most cells are plain digits, at most 18 of them: they fit int64 and need
     # neither trimming nor the regular expression, which costs 25 times more.
     plain = pc.fill_null(

@@ -228,6 +228,12 @@ def _is_marker(
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _is_space(byte: int) -> bool:
+    """Return whether an ASCII byte is whitespace to Python's ``str.strip``."""
+    return byte == 32 or 9 <= byte <= 13 or 28 <= byte <= 31
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _parse_cell(  # noqa: PLR0913, PLR0912 - one compiled loop, every branch a case
     buffer: np.ndarray,
     start: int,
@@ -239,16 +245,24 @@ def _parse_cell(  # noqa: PLR0913, PLR0912 - one compiled loop, every branch a c
 ) -> tuple[int, float]:
     """Classify one numeric cell and return its kind and value.
 
-    Spaces and tabs around the cell are ignored. A plain decimal number with at
-    most 15 digits and 22 fractional digits is converted here, exactly: its
-    digits as an integer divided by a power of ten. A cell equal to a missing
-    marker is missing. Python reads two kinds of cell (``CELL_UNPARSED``): one
-    of digits, signs, points and exponents that is not plain, and one with a
-    byte outside ASCII. Any other cell is not a number.
+    A cell equal to a missing marker, as written or without the ASCII
+    whitespace around it, is missing. A plain decimal number with at most 15
+    digits and 22 fractional digits is converted here, exactly: its digits as
+    an integer divided by a power of ten. Python reads two kinds of cell
+    (``CELL_UNPARSED``): one with a byte outside ASCII, since Python also strips
+    Unicode whitespace, and one of digits, signs, points and exponents that is
+    not plain. Any other cell is not a number.
     """
-    while start < end and (buffer[start] == 32 or buffer[start] == 9):
+    if _is_marker(
+        buffer, start, end, marker_bytes, marker_bounds, first_marker, last_marker
+    ):
+        return CELL_MISSING, np.nan
+    for k in range(start, end):
+        if buffer[k] >= 128:
+            return CELL_UNPARSED, np.nan
+    while start < end and _is_space(buffer[start]):
         start += 1
-    while end > start and (buffer[end - 1] == 32 or buffer[end - 1] == 9):
+    while end > start and _is_space(buffer[end - 1]):
         end -= 1
     position = start
     negative = False
@@ -282,8 +296,6 @@ def _parse_cell(  # noqa: PLR0913, PLR0912 - one compiled loop, every branch a c
         return CELL_MISSING, np.nan
     for k in range(start, end):
         byte = buffer[k]
-        if byte >= 128:
-            return CELL_UNPARSED, np.nan
         numeric = (48 <= byte <= 57) or byte in (43, 45, 46, 69, 101)
         if not numeric:
             return CELL_WRONG, np.nan
@@ -302,15 +314,17 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
     marker_bytes: np.ndarray,
     marker_bounds: np.ndarray,
     column_markers: np.ndarray,
+    empty_missing: np.ndarray,
 ) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
     """Split ``buffer[:size]``, whole lines, into cells and parse them as numbers.
 
     ``column_of_field[f]`` is the output column of the line's field ``f``, or -1
     to skip it. Column ``c`` matches markers ``column_markers[c]`` to
     ``column_markers[c + 1] - 1``, each ``marker_bytes[marker_bounds[m]:
-    marker_bounds[m + 1]]``. A blank line is missing in every column, and a line
-    with fewer fields than ``column_of_field`` is missing in the others. A line
-    may end in CR LF.
+    marker_bounds[m + 1]]``. A field that a line lacks, and every field of a
+    blank line, counts as an empty cell, as in pandas: missing where
+    ``empty_missing[c]`` (the empty text is a marker of column ``c``), else not
+    a number. A line may end in CR LF.
 
     One pass reads the plain decimal cells, which are nearly all of them. The
     other cells are classified afterwards by :func:`_parse_cell`.
@@ -374,6 +388,10 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
                         pending += 1
                 field += 1
             if byte == 10:
+                for absent in range(field, fields):
+                    column = column_of_field[absent]
+                    if column >= 0 and not empty_missing[column]:
+                        kinds[column, line] = CELL_WRONG
                 ends[line] = k
                 line += 1
                 field = 0

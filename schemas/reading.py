@@ -431,7 +431,7 @@ def compiled_parse_supported(source: TableSource, schema: Schema) -> bool:
     """
     if source.kind != "csv" or source.encoding is None or source.delimiter is None:
         return False
-    if len(source.delimiter.encode(source.encoding)) != 1:
+    if not source.delimiter.isascii() or len(source.delimiter) != 1:
         return False
     name = codecs.lookup(source.encoding).name
     if not (
@@ -442,11 +442,20 @@ def compiled_parse_supported(source: TableSource, schema: Schema) -> bool:
         return False
     present = [name for name in schema.column_names if name in source.file_columns]
     text = string_columns(schema)
-    return all(
-        not isinstance(schema.column(column), IdentifierColumn | DateColumn)
-        and column not in text
+    if any(
+        isinstance(schema.column(column), IdentifierColumn | DateColumn)
+        or column in text
         for column in present
-    )
+    ):
+        return False
+    markers = text_missing_markers(schema)
+    try:
+        for column in present:
+            for marker in markers[column]:
+                marker.encode(name)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def iter_compiled_chunks(
@@ -481,14 +490,16 @@ def iter_compiled_chunks(
     marker_bytes = np.frombuffer(b"".join(flat), dtype=np.uint8).copy()
     marker_bounds = np.cumsum([0, *(len(m) for m in flat)]).astype(np.int64)
     column_markers = np.cumsum([0, *(len(c) for c in encoded)]).astype(np.int64)
+    empty_missing = np.array([b"" in column for column in encoded], dtype=np.bool_)
     number = re.compile(NUMBER_PATTERN, re.ASCII)
     delimiter = source.delimiter.encode(encoding) if source.delimiter else b","
+    utf8 = codecs.lookup(encoding).name.startswith("utf-8")
     with source.text_path.open("rb") as handle:
-        skip = len(codecs.BOM_UTF8) if handle.read(3) == codecs.BOM_UTF8 else 0
-        handle.seek(skip)
+        bom = handle.read(3) == codecs.BOM_UTF8 and utf8
+        handle.seek(len(codecs.BOM_UTF8) if bom else 0)
         first_line = 1
         if source.header:
-            handle.readline()
+            _check_header_line(handle.readline(), encoding)
             first_line = 2
         for buffer, size in _whole_line_blocks(handle, PARSE_BLOCK_BYTES):
             if not buffer.isascii():
@@ -507,11 +518,19 @@ def iter_compiled_chunks(
                 marker_bytes,
                 marker_bounds,
                 column_markers,
+                empty_missing,
             )
             if outcome != kernels.PARSED:
                 raise CompiledParseUnsupported(
                     f"line {first_line + line}: outcome {outcome}"
                 )
+            if values.size > _MAX_BLOCK_CELLS:
+                # Blank or very short lines: pandas' parser needs less memory.
+                raise CompiledParseUnsupported(f"{len(ends)} lines in one block")
+            left = int(np.count_nonzero(kinds == kernels.CELL_UNPARSED))
+            if left > max(1_000, values.size // 20):
+                # Python reads each of these cells; pandas' parser is faster.
+                raise CompiledParseUnsupported(f"{left} cells left to Python")
             starts = np.empty(len(ends), dtype=np.int64)
             starts[0:1] = 0
             starts[1:] = ends[:-1] + 1
@@ -543,6 +562,20 @@ def iter_compiled_chunks(
             first_line += len(ends)
 
 
+_MAX_BLOCK_CELLS = 4 * 1024 * 1024
+
+
+def _check_header_line(line: bytes, encoding: str) -> None:
+    """Hand a header that pandas would split or reject over to pandas' parser."""
+    body = line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n")
+    if b"\r" in body:
+        raise CompiledParseUnsupported("the header line contains a lone CR")
+    try:
+        line.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise CompiledParseUnsupported(str(exc)) from exc
+
+
 def _read_left_cells(  # noqa: PLR0913 - the parse's context, passed through
     raw: RawLines,
     kinds: np.ndarray,
@@ -564,12 +597,16 @@ def _read_left_cells(  # noqa: PLR0913 - the parse's context, passed through
         if column >= 0
     }
     separator = delimiter.decode(encoding)
+    split_rows: dict[int, list[str]] = {}
     for column, row in zip(columns.tolist(), rows.tolist(), strict=True):
-        line = raw.rows(np.array([row]))[0].decode(encoding, errors="replace")
-        cells = line.split(separator)
+        cells = split_rows.get(row)
+        if cells is None:
+            line = raw.rows(np.array([row]))[0].decode(encoding, errors="replace")
+            cells = split_rows[row] = line.split(separator)
         field = field_of_column[column]
-        text = cells[field].strip() if field < len(cells) else ""
-        if text in markers[present[column]]:
+        cell = cells[field] if field < len(cells) else ""
+        text = cell.strip()
+        if cell in markers[present[column]] or text in markers[present[column]]:
             kinds[column, row] = kernels.CELL_MISSING
         elif number.fullmatch(text) and math.isfinite(float(text)):
             kinds[column, row] = kernels.CELL_NUMBER

@@ -712,8 +712,7 @@ def _require_mapped_labels(
         first = int(lines[np.flatnonzero(unmapped)[0]])
         raise LabelMappingError(
             source.path,
-            f"{int(unmapped.sum())} row(s) in this chunk have a label value outside "
-            f"the schema's mapping (first at line {first})",
+            f"a label value outside the schema's mapping, first at line {first}",
             "correct those labels, or extend 'label.mapping' in a new schema version",
             column=name,
         )
@@ -791,7 +790,7 @@ def _write_quarantine(
                 source, f"record {int(lines[len(raw)])} has no line of its own"
             )
         rows = [line.decode(encoding, errors="replace") for line in raw]
-        if len(rows) == 1 and rows[0].startswith("\ufeff"):
+        if int(lines[0]) == 1 and rows[0].startswith("\ufeff"):
             rows[0] = rows[0][1:]
     else:
         # Parquet and DataFrame rows have no text form: render the original row.

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import HEART_DISEASE_SCHEMA_PATH, load_schema
+from schemas import HEART_DISEASE_SCHEMA_PATH, Schema, load_schema
 from schemas import validation as validation_module
 from schemas.errors import SchemaInputError
 from schemas.reading import CsvOptions, compiled_parse_supported, open_csv
@@ -37,14 +37,14 @@ CELLS = st.sampled_from(
 )  # fmt: skip
 
 
-def outcome(path: Path, tmp_path: Path, chunk_rows: int) -> object:
+def outcome(
+    path: Path, tmp_path: Path, options: CsvOptions, schema: Schema = SCHEMA
+) -> object:
     """Return everything a validation produces, or the error it raised."""
     quarantine = tmp_path / "quarantine.csv"
     quarantine.unlink(missing_ok=True)
     try:
-        result = validate_file(
-            path, SCHEMA, quarantine, options=CsvOptions(chunk_rows=chunk_rows)
-        )
+        result = validate_file(path, schema, quarantine, options=options)
     except SchemaInputError as error:
         return ("error", type(error).__name__, str(error))
     accepted = result.accepted
@@ -58,13 +58,24 @@ def outcome(path: Path, tmp_path: Path, chunk_rows: int) -> object:
 
 
 def both_parsers(
-    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
+    path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    chunk_rows: int,
+    schema: Schema = SCHEMA,
+    encoding: str | None = None,
 ) -> tuple[object, object]:
-    compiled = outcome(path, tmp_path, chunk_rows)
+    options = CsvOptions(chunk_rows=chunk_rows, encoding=encoding)
+    compiled = outcome(path, tmp_path, options, schema)
     with monkeypatch.context() as patch:
         patch.setattr(validation_module, "compiled_parse_supported", lambda *_: False)
-        pandas = outcome(path, tmp_path, chunk_rows)
+        pandas = outcome(path, tmp_path, options, schema)
     return compiled, pandas
+
+
+def with_markers(*markers: str) -> Schema:
+    """Return the heart-disease schema with other file-wide missing markers."""
+    return SCHEMA.model_copy(update={"missing_values": markers})
 
 
 def write(tmp_path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -103,16 +114,59 @@ def test_hospital_files_match(hospital, tmp_path, monkeypatch):
         f"num,age,sex,cp,trestbps,chol,fbs,restecg,thalach,exang,oldpeak,slope,ca,thal\n"
         f"0,{GOOD[:-2]}\n",
         f"{HEADER}\n",
+        f"{HEADER}\n\x0b63,1,1,145,233,1,2,150,0,2.3,3,0,6,0\x0c\n{GOOD}\n",
+        f"{HEADER}\n?\u00a0,1,1,145,233,1,2,150,0,2.3,3,0,6,0\n",
+        f"{HEADER}\n\u00a0?,1,1,145,NA\u3000,1,2,150,0,2.3,3,0,6,0\n",
+        f"{HEADER}\n63,1,1,145,233,True,2,150,0,2.3,3,0,6,0\n",
+        f"{HEADER[:20]}\r{HEADER[20:]}\n{GOOD}\n{GOOD.replace('63', '64')}\n",
+        f"{HEADER},n\udce9te\n{GOOD},x\n",
+        f"{GOOD}\n\ufeff{GOOD.replace('63', '64')}\n",
+        f"{HEADER}\n63,1,18446744073709551616,145,233,1,2,150,0,2.3,3,0,6,0\n",
+        f'{HEADER}\n63,1,18446744073709551616,145,233,1,2,150,0,2.3,3,0,6,0\n'
+        f'{GOOD[:-1]}"0"\n',
+        f"{HEADER}\n" + f"{GOOD.replace('2.3', '2.3e0')}\n" * 3,
     ],
     ids=[
         "header", "crlf", "bom", "blank-line", "blank-crlf-line", "few-fields",
         "trailing-delimiter", "quoted", "lone-cr", "too-many-fields", "extra-column",
-        "reordered", "header-only",
+        "reordered", "header-only", "ascii-whitespace", "nbsp-after-marker",
+        "unicode-spaces", "true-in-boolean", "lone-cr-in-header",
+        "undecodable-header", "bom-mid-file", "beyond-uint64",
+        "beyond-uint64-with-quote", "exponents",
     ],
 )  # fmt: skip
 def test_unusual_layouts_match(text, tmp_path, monkeypatch):
-    path = write(tmp_path, text)
+    path = tmp_path / "data.csv"
+    path.write_bytes(text.encode("utf-8", errors="surrogateescape"))
     compiled, pandas = both_parsers(path, tmp_path, monkeypatch, 50_000)
+    assert compiled == pandas
+
+
+@pytest.mark.parametrize(
+    "text",
+    [f"{GOOD}\n0,1\n", f"{GOOD}\n\n{GOOD.replace('63', '64')}\n", f"{GOOD},\n"],
+    ids=["few-fields", "blank-line", "trailing-delimiter"],
+)
+def test_empty_text_not_a_marker(text, tmp_path, monkeypatch):
+    path = write(tmp_path, text)
+    schema = with_markers("?", "NA")
+    compiled, pandas = both_parsers(path, tmp_path, monkeypatch, 50_000, schema)
+    assert compiled == pandas
+
+
+def test_marker_with_trailing_space(tmp_path, monkeypatch):
+    path = write(tmp_path, f"{HEADER}\n63,1,1,x ,233,1,2,150,0,2.3,3,0,6,0\n")
+    schema = with_markers("?", "", "NA", "x ")
+    compiled, pandas = both_parsers(path, tmp_path, monkeypatch, 50_000, schema)
+    assert compiled == pandas
+
+
+def test_utf8_bom_in_a_latin1_file(tmp_path, monkeypatch):
+    path = tmp_path / "data.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + b"\n")
+    compiled, pandas = both_parsers(
+        path, tmp_path, monkeypatch, 50_000, encoding="latin-1"
+    )
     assert compiled == pandas
 
 
