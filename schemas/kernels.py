@@ -197,6 +197,7 @@ PARSED = 0
 QUOTE_FOUND = 1
 TOO_MANY_FIELDS = 2
 UNSUPPORTED = 3
+TOO_MANY_CELLS = 4
 
 _POWERS_OF_TEN = np.array([10.0**k for k in range(23)])
 
@@ -315,6 +316,7 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
     marker_bounds: np.ndarray,
     column_markers: np.ndarray,
     empty_missing: np.ndarray,
+    max_cells: int,
 ) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
     """Split ``buffer[:size]``, whole lines, into cells and parse them as numbers.
 
@@ -329,22 +331,30 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
     One pass reads the plain decimal cells, which are nearly all of them. The
     other cells are classified afterwards by :func:`_parse_cell`.
 
+    A block with more than ``max_cells`` cells (lines times columns) is not
+    parsed, so that blank or very short lines cannot claim a large memory.
+
     Returns the outcome (``PARSED``, or ``QUOTE_FOUND``, ``TOO_MANY_FIELDS`` or
-    ``UNSUPPORTED`` for a lone CR, with the index of the offending line), that
-    index, the offset of each line's
+    ``UNSUPPORTED`` for a lone CR, with the index of the offending line, or
+    ``TOO_MANY_CELLS``), that index, the offset of each line's
     newline (or of the end of the buffer for a last line without one), the
     values (columns x lines, NaN where not a number) and each cell's kind.
     """
+    outcome = PARSED
     lines = 0
     for k in range(size):
         lines += buffer[k] == 10
     if size > 0 and buffer[size - 1] != 10:
         lines += 1
+    if lines * columns > max_cells:
+        lines = 0
+        outcome = TOO_MANY_CELLS
     ends = np.empty(lines, dtype=np.int64)
     values = np.full((columns, lines), np.nan)
     kinds = np.full((columns, lines), CELL_MISSING, dtype=np.uint8)
     fields = len(column_of_field)
-    outcome = PARSED
+    if outcome == TOO_MANY_CELLS:
+        return outcome, -1, ends, values, kinds
     failed_line = -1
     pending = 0
     line = 0

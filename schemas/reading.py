@@ -519,14 +519,15 @@ def iter_compiled_chunks(
                 marker_bounds,
                 column_markers,
                 empty_missing,
+                _MAX_BLOCK_CELLS,
             )
+            if outcome == kernels.TOO_MANY_CELLS:
+                # Blank or very short lines: pandas' parser needs less memory.
+                raise CompiledParseUnsupported("too many cells in one block")
             if outcome != kernels.PARSED:
                 raise CompiledParseUnsupported(
-                    f"line {first_line + line}: outcome {outcome}"
+                    f"line {first_line + line}: {_OUTCOMES[outcome]}"
                 )
-            if values.size > _MAX_BLOCK_CELLS:
-                # Blank or very short lines: pandas' parser needs less memory.
-                raise CompiledParseUnsupported(f"{len(ends)} lines in one block")
             left = int(np.count_nonzero(kinds == kernels.CELL_UNPARSED))
             if left > max(1_000, values.size // 20):
                 # Python reads each of these cells; pandas' parser is faster.
@@ -563,6 +564,11 @@ def iter_compiled_chunks(
 
 
 _MAX_BLOCK_CELLS = 4 * 1024 * 1024
+_OUTCOMES = {
+    kernels.QUOTE_FOUND: "a quote character",
+    kernels.TOO_MANY_FIELDS: "more fields than the header",
+    kernels.UNSUPPORTED: "a lone carriage return",
+}
 
 
 def _check_header_line(line: bytes, encoding: str) -> None:

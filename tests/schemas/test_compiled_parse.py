@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 from schemas import HEART_DISEASE_SCHEMA_PATH, Schema, load_schema
 from schemas import validation as validation_module
 from schemas.errors import SchemaInputError
-from schemas.reading import CsvOptions, compiled_parse_supported, open_csv
+from schemas.reading import (
+    CompiledParseUnsupported,
+    CsvOptions,
+    compiled_parse_supported,
+    iter_compiled_chunks,
+    open_csv,
+)
 from schemas.validation import validate_file
 
 SCHEMA = load_schema(HEART_DISEASE_SCHEMA_PATH)
@@ -228,5 +234,25 @@ def test_large_file_matches(tmp_path, monkeypatch):
     path = tmp_path / "large.csv"
     frame.to_csv(path, header=False, index=False)
     assert path.stat().st_size > 2 * 1024 * 1024
+    compiled, pandas = both_parsers(path, tmp_path, monkeypatch, 50_000)
+    assert compiled == pandas
+
+
+def test_dense_block_goes_to_pandas(tmp_path, monkeypatch):
+    path = write(tmp_path, f"{GOOD}\n\n\n{GOOD.replace('63', '64')}\n")
+    monkeypatch.setattr("schemas.reading._MAX_BLOCK_CELLS", 40)
+    source = open_csv(path, SCHEMA, CsvOptions())
+    with pytest.raises(CompiledParseUnsupported, match="cells"):
+        list(iter_compiled_chunks(source, SCHEMA, 50_000))
+    compiled, pandas = both_parsers(path, tmp_path, monkeypatch, 50_000)
+    assert compiled == pandas
+
+
+def test_exponent_heavy_block_goes_to_pandas(tmp_path, monkeypatch):
+    row = ",".join(f"{cell}e0" for cell in GOOD.split(","))
+    path = write(tmp_path, f"{row}\n" * 100)
+    source = open_csv(path, SCHEMA, CsvOptions())
+    with pytest.raises(CompiledParseUnsupported, match="left to Python"):
+        list(iter_compiled_chunks(source, SCHEMA, 50_000))
     compiled, pandas = both_parsers(path, tmp_path, monkeypatch, 50_000)
     assert compiled == pandas
