@@ -317,7 +317,7 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
     column_markers: np.ndarray,
     empty_missing: np.ndarray,
     max_cells: int,
-) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
     """Split ``buffer[:size]``, whole lines, into cells and parse them as numbers.
 
     ``column_of_field[f]`` is the output column of the line's field ``f``, or -1
@@ -336,9 +336,10 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
 
     Returns the outcome (``PARSED``, or ``QUOTE_FOUND``, ``TOO_MANY_FIELDS`` or
     ``UNSUPPORTED`` for a lone CR, with the index of the offending line, or
-    ``TOO_MANY_CELLS``), that index, the offset of each line's
-    newline (or of the end of the buffer for a last line without one), the
-    values (columns x lines, NaN where not a number) and each cell's kind.
+    ``TOO_MANY_CELLS``), that index, the number of cells left to Python, the
+    offset of each line's newline (or of the end of the buffer for a last line
+    without one), the values (columns x lines, NaN where not a number) and each
+    cell's kind.
     """
     outcome = PARSED
     lines = 0
@@ -354,7 +355,7 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
     kinds = np.full((columns, lines), CELL_MISSING, dtype=np.uint8)
     fields = len(column_of_field)
     if outcome == TOO_MANY_CELLS:
-        return outcome, -1, ends, values, kinds
+        return outcome, -1, 0, ends, values, kinds
     failed_line = -1
     pending = 0
     line = 0
@@ -426,8 +427,9 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
             break
         else:
             plain = False
+    left = 0
     if outcome != PARSED or pending == 0:
-        return outcome, failed_line, ends, values, kinds
+        return outcome, failed_line, 0, ends, values, kinds
     for column in range(columns):
         for row in range(lines):
             if kinds[column, row] != _CELL_PENDING:
@@ -448,5 +450,6 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
                 column_markers[column + 1],
             )
             kinds[column, row] = kind
+            left += kind == CELL_UNPARSED
             values[column, row] = value
-    return outcome, failed_line, ends, values, kinds
+    return outcome, failed_line, left, ends, values, kinds

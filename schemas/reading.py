@@ -509,7 +509,7 @@ def iter_compiled_chunks(
                     codecs.decode(memoryview(buffer)[:size], encoding)
                 except UnicodeDecodeError as exc:
                     raise CompiledParseUnsupported(str(exc)) from exc
-            outcome, line, ends, values, kinds = kernels.parse_numeric_block(
+            outcome, line, left, ends, values, kinds = kernels.parse_numeric_block(
                 np.frombuffer(buffer, dtype=np.uint8, count=size),
                 size,
                 delimiter[0],
@@ -528,7 +528,6 @@ def iter_compiled_chunks(
                 raise CompiledParseUnsupported(
                     f"line {first_line + line}: {_OUTCOMES[outcome]}"
                 )
-            left = int(np.count_nonzero(kinds == kernels.CELL_UNPARSED))
             if left > max(1_000, values.size // 20):
                 # Python reads each of these cells; pandas' parser is faster.
                 raise CompiledParseUnsupported(f"{left} cells left to Python")
