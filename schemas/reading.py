@@ -871,25 +871,11 @@ def _indexed_blocks(path: Path) -> Iterator[tuple[bytearray, np.ndarray]]:
     """Yield the file as blocks of whole lines, each with its line-end offsets.
 
     A line ends at a newline byte, or at the end of the file for a last line
-    without one. Each block is read straight into a new buffer after the
-    previous block's unfinished line, so no block is copied.
+    without one.
     """
     with path.open("rb") as handle:
-        tail = b""
-        while True:
-            buffer = bytearray(len(tail) + _BLOCK_BYTES)
-            buffer[: len(tail)] = tail
-            read = handle.readinto(memoryview(buffer)[len(tail) :])
-            size = len(tail) + read
-            if read == 0:
-                if tail:
-                    del buffer[size:]
-                    yield buffer, np.array([size], dtype=np.int64)
-                return
+        for buffer, size in _whole_line_blocks(handle, _BLOCK_BYTES):
             ends = kernels.line_ends(np.frombuffer(buffer, dtype=np.uint8, count=size))
-            if len(ends) == 0:
-                tail = bytes(buffer[:size])
-                continue
-            cut = int(ends[-1]) + 1
-            tail = bytes(buffer[cut:size])
+            if len(ends) == 0 or ends[-1] != size - 1:
+                ends = np.append(ends, size)
             yield buffer, ends

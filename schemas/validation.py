@@ -9,6 +9,7 @@ columns. Only the writing of quarantined rows handles them one at a time.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
@@ -392,30 +393,23 @@ def _run(
     A file that turns out to need pandas' parser part-way (a quote, a row with
     too many fields) is validated again from the start with it.
     """
-    if compiled_parse_supported(source, schema):
-        try:
-            return _run_once(
-                source,
-                schema,
-                options,
-                quarantine_path,
-                keep_accepted,
-                expected_rows,
-                compiled=True,
-            )
-        except CompiledParseUnsupported as reason:
-            logger.debug(
-                "Validating %s again with pandas' parser: %s", source.path, reason
-            )
-    return _run_once(
+    run = functools.partial(
+        _run_once,
         source,
         schema,
         options,
         quarantine_path,
         keep_accepted,
         expected_rows,
-        compiled=False,
     )
+    if compiled_parse_supported(source, schema):
+        try:
+            return run(compiled=True)
+        except CompiledParseUnsupported as reason:
+            logger.debug(
+                "Validating %s again with pandas' parser: %s", source.path, reason
+            )
+    return run(compiled=False)
 
 
 def _run_once(  # noqa: PLR0913 - the run's inputs and the parser to use

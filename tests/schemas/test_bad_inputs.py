@@ -514,11 +514,19 @@ def test_text_marker_that_reads_as_a_number(heart, tmp_path):
 
 @pytest.mark.parametrize("ending", ["\n", "\r\n"], ids=["lf", "crlf"])
 @pytest.mark.parametrize("final_newline", [True, False], ids=["final", "no-final"])
+@pytest.mark.parametrize("parser", ["compiled", "pandas"])
 def test_quarantined_rows_across_line_blocks(
-    heart, tmp_path, monkeypatch, ending, final_newline
+    heart, tmp_path, monkeypatch, ending, final_newline, parser
 ):
-    # Blocks of 100 bytes put line ends at every position relative to a block.
-    monkeypatch.setattr("schemas.reading._BLOCK_BYTES", 100)
+    # Blocks of 100 bytes put line ends at every position relative to a block:
+    # the compiled parse's blocks, or the line reader's beside pandas' parser.
+    if parser == "compiled":
+        monkeypatch.setattr("schemas.reading.PARSE_BLOCK_BYTES", 100)
+    else:
+        monkeypatch.setattr("schemas.reading._BLOCK_BYTES", 100)
+        monkeypatch.setattr(
+            "schemas.validation.compiled_parse_supported", lambda *_: False
+        )
     rows = [GOOD.replace(",150,", f",{100 + i},") for i in range(60)]
     for line in (1, 7, 8, 30, 59, 60):
         rows[line - 1] = rows[line - 1].replace(",1,1,", ",1,9,")
