@@ -1,10 +1,10 @@
 """Compiled loops for the validator's per-row work.
 
 NumPy runs each check as several calls over a column, and Python adds a fixed
-cost to each call. These loops run without Python in between: parsing a
-block of a numeric CSV file, checking a numeric column, folding a column into
-the row hashes, finding the first row of each key, and finding the line ends
-of a block of the file. Numba compiles
+cost to each call. These loops run without Python in between. They parse a
+block of a numeric CSV file, check a numeric column, fold a column into the
+row hashes, find the first row of each key, and find the line ends of a block
+of the file. Numba compiles
 them on first use and caches the machine code next to this file, so only the
 first validation after installation pays the compilation. Every loop releases
 the GIL, so the parse and line-index threads run beside it.
@@ -334,12 +334,12 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
     A block with more than ``max_cells`` cells (lines times columns) is not
     parsed, so that blank or very short lines cannot claim a large memory.
 
-    Returns the outcome (``PARSED``, or ``QUOTE_FOUND``, ``TOO_MANY_FIELDS`` or
-    ``UNSUPPORTED`` for a lone CR, with the index of the offending line, or
-    ``TOO_MANY_CELLS``), that index, the number of cells left to Python, the
-    offset of each line's newline (or of the end of the buffer for a last line
-    without one), the values (columns x lines, NaN where not a number) and each
-    cell's kind.
+    Returns six items. The first is the outcome: ``PARSED``, ``TOO_MANY_CELLS``,
+    or ``QUOTE_FOUND``, ``TOO_MANY_FIELDS`` or ``UNSUPPORTED`` (a lone CR) with
+    the index of the offending line as the second item, else -1. Then come the
+    number of cells left to Python, the offset of each line's newline (or of
+    the end of the buffer for a last line without one), the values (columns x
+    lines, NaN where not a number) and each cell's kind.
     """
     outcome = PARSED
     lines = 0

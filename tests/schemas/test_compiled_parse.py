@@ -225,12 +225,14 @@ def test_large_file_matches(tmp_path, monkeypatch):
             "num": rng.integers(0, 5, rows).astype(str),
         }
     )
+
     bad = rng.choice(rows, 800, replace=False)
     frame.loc[bad[:200], "chol"] = "high"
     frame.loc[bad[200:400], "age"] = "?"
     frame.loc[bad[400:600], "cp"] = "9"
     frame.loc[bad[600:], "oldpeak"] = "1e1"
     frame = pd.concat([frame, frame.iloc[:300]])
+
     path = tmp_path / "large.csv"
     frame.to_csv(path, header=False, index=False)
     assert path.stat().st_size > 2 * 1024 * 1024
