@@ -336,10 +336,11 @@ def parse_numeric_block(  # noqa: PLR0913, PLR0912, PLR0915 - the whole tokenize
 
     Returns six items. The first is the outcome: ``PARSED``, ``TOO_MANY_CELLS``,
     or ``QUOTE_FOUND``, ``TOO_MANY_FIELDS`` or ``UNSUPPORTED`` (a lone CR) with
-    the index of the offending line as the second item, else -1. Then come the
-    number of cells left to Python, the offset of each line's newline (or of
-    the end of the buffer for a last line without one), the values (columns x
-    lines, NaN where not a number) and each cell's kind.
+    the index of the offending line as the second item, else -1. The third is
+    the number of cells left to Python. The fourth is the offset of each line's
+    newline, or of the buffer's end for a last line without one. The last two
+    are the values (columns x lines, NaN where not a number) and each cell's
+    kind.
     """
     outcome = PARSED
     lines = 0

@@ -535,17 +535,18 @@ def iter_compiled_chunks(
             starts[0:1] = 0
             starts[1:] = ends[:-1] + 1
             raw = RawLines(buffer, starts, ends)
-            _read_left_cells(
-                raw,
-                kinds,
-                values,
-                column_of_field,
-                delimiter,
-                encoding,
-                markers,
-                present,
-                number,
-            )
+            if left:
+                _read_left_cells(
+                    raw,
+                    kinds,
+                    values,
+                    column_of_field,
+                    delimiter,
+                    encoding,
+                    markers,
+                    present,
+                    number,
+                )
             for begin in range(0, len(ends), chunk_rows):
                 stop = min(begin + chunk_rows, len(ends))
                 yield Chunk(
@@ -594,8 +595,6 @@ def _read_left_cells(  # noqa: PLR0913 - the parse's context, passed through
 ) -> None:
     """Classify the cells that the compiled loop left to Python, in place."""
     columns, rows = np.nonzero(kinds == kernels.CELL_UNPARSED)
-    if len(columns) == 0:
-        return
     field_of_column = {
         int(column): field
         for field, column in enumerate(column_of_field.tolist())

@@ -749,8 +749,9 @@ class _ReasonBuilder:
                 for hit in hits:
                     pieces[hit].append(text)
             else:
-                for hit, each in zip(hits, text[selected[hits]].tolist(), strict=True):
-                    pieces[hit].append(str(each))
+                row_texts = text[selected[hits]].tolist()
+                for hit, row_text in zip(hits, row_texts, strict=True):
+                    pieces[hit].append(str(row_text))
         joined = ["; ".join(parts) for parts in pieces]
         if self._override is not None:
             mask, text = self._override

@@ -11,7 +11,7 @@ def reference_first_lines(keys: np.ndarray, lines: np.ndarray) -> np.ndarray:
     return np.array([first.setdefault(key, line) for key, line in pairs])
 
 
-def test_first_lines_match_a_dict_while_the_table_grows():
+def test_table_matches_dict_while_growing():
     # A table sized for 1,024 rows doubles several times for 20,000 keys.
     rng = np.random.default_rng(7)
     keys = rng.integers(0, 2**64 - 1, 20_000, dtype=np.uint64)
@@ -30,7 +30,7 @@ def test_first_lines_match_a_dict_while_the_table_grows():
     assert np.count_nonzero(found != lines) > 1_000
 
 
-def test_key_repeated_within_one_call_keeps_its_first_line():
+def test_repeated_key_keeps_first_line():
     table = _FirstLines(expected_rows=10)
     keys = np.array([5, 9, 5, 5, 0], dtype=np.uint64)
     lines = np.array([3, 4, 8, 9, 10], dtype=np.int64)
